@@ -1,0 +1,280 @@
+"""Read a llama.cpp GGUF file into a canonical Checkpoint, built on the `gguf` package.
+
+llama.cpp's converters store q/k rows of `llama` models in the interleaved-pair RoPE
+layout of Meta's code (they undo Hugging Face's rotate-half permutation on the way in),
+so GGUF tensors map onto canonical names without a permutation. The real-model tests
+check this by comparing SmolLM2 logits with Hugging Face transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weights_tools.checkpoint import Checkpoint, TensorInfo, expected_shapes
+from weights_tools.config import ModelConfig
+from weights_tools.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "attention_norm.weight",
+    "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight",
+    "attn_v.weight": "attention.wv.weight",
+    "attn_output.weight": "attention.wo.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+    "ffn_up.weight": "feed_forward.w3.weight",
+}
+_LAYER_PATTERN = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def canonical_tensor_name(gguf_name: str) -> str | None:
+    """Map a GGUF tensor name (e.g. 'blk.3.attn_q.weight') to its canonical name, or None."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    match = _LAYER_PATTERN.match(gguf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    return None
+
+
+def gguf_tensor_name(canonical_name: str) -> str:
+    """Map a canonical tensor name back to its GGUF name."""
+    for gguf_name, name in _GLOBAL_NAMES.items():
+        if name == canonical_name:
+            return gguf_name
+    match = re.match(r"^layers\.(\d+)\.(.+)$", canonical_name)
+    if match:
+        for gguf_suffix, suffix in _LAYER_NAMES.items():
+            if suffix == match.group(2):
+                return f"blk.{match.group(1)}.{gguf_suffix}"
+    raise KeyError(canonical_name)
+
+
+def dequantizable_types() -> set[str]:
+    """Return the names of the GGML tensor types the installed `gguf` can convert to float32."""
+    from gguf import quants
+
+    names = {"F32", "F16"}
+    names.update(qtype.name for qtype in quants._type_traits)
+    return names
+
+
+def _check_header(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(path, "file not found; pass an existing .gguf file with --model")
+    if not path.is_file():
+        raise CheckpointError(path, "not a regular file")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise CheckpointError(
+            path, f"not a GGUF file: the first bytes are {magic!r}, expected {GGUF_MAGIC!r}", "magic"
+        )
+
+
+def _open_reader(path: Path) -> Any:
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, OSError, struct.error, UnicodeDecodeError, OverflowError) as exc:
+        raise CheckpointError(
+            path, f"cannot parse GGUF file, it is truncated or malformed ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def read_metadata(reader: Any, path: Path) -> dict[str, Any]:
+    """Return every GGUF key-value pair as plain Python values."""
+    metadata: dict[str, Any] = {}
+    for key, gguf_field in reader.fields.items():
+        try:
+            metadata[key] = gguf_field.contents()
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise CheckpointError(path, f"cannot decode metadata value: {exc}", key) from None
+    return metadata
+
+
+def _require(metadata: dict[str, Any], key: str, path: Path, kind: type) -> Any:
+    if key not in metadata:
+        raise CheckpointError(path, "required metadata key is missing", key)
+    value = metadata[key]
+    if kind is int and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if kind is float and isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        # GGUF stores float32, so 1e-5 reads back as 9.99999974e-06. The shortest decimal
+        # that rounds to the same float32 recovers the value the converter wrote.
+        return float(str(np.float32(value)))
+    raise CheckpointError(path, f"expected {kind.__name__}, got {value!r}", key)
+
+
+def config_from_metadata(metadata: dict[str, Any], path: Path) -> ModelConfig:
+    """Build a ModelConfig from the `llama.*` keys of a GGUF file."""
+    architecture = metadata.get("general.architecture")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise CheckpointError(
+            path,
+            f"unsupported architecture {architecture!r}; this reader supports {', '.join(SUPPORTED_ARCHITECTURES)}",
+            "general.architecture",
+        )
+    arch = architecture
+
+    n_heads = _require(metadata, f"{arch}.attention.head_count", path, int)
+    n_kv_heads = n_heads
+    if f"{arch}.attention.head_count_kv" in metadata:
+        n_kv_heads = _require(metadata, f"{arch}.attention.head_count_kv", path, int)
+
+    if f"{arch}.vocab_size" in metadata:
+        vocab_size = _require(metadata, f"{arch}.vocab_size", path, int)
+    elif "tokenizer.ggml.tokens" in metadata:
+        vocab_size = len(metadata["tokenizer.ggml.tokens"])
+    else:
+        vocab_size = 0  # taken from the embedding shape by the caller
+
+    try:
+        config = ModelConfig(
+            dim=_require(metadata, f"{arch}.embedding_length", path, int),
+            n_layers=_require(metadata, f"{arch}.block_count", path, int),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            vocab_size=max(vocab_size, 1),
+            hidden_dim=_require(metadata, f"{arch}.feed_forward_length", path, int),
+            norm_eps=_require(metadata, f"{arch}.attention.layer_norm_rms_epsilon", path, float),
+            rope_theta=(
+                _require(metadata, f"{arch}.rope.freq_base", path, float)
+                if f"{arch}.rope.freq_base" in metadata
+                else 10000.0
+            ),
+            max_seq_len=_require(metadata, f"{arch}.context_length", path, int),
+            tie_embeddings=False,
+            source=os.fspath(path),
+        )
+    except ConfigError as exc:
+        raise CheckpointError(path, str(exc).split(": ", 1)[-1], f"config.{exc.field}") from None
+
+    rope_dims = metadata.get(f"{arch}.rope.dimension_count")
+    if rope_dims is not None and int(rope_dims) != config.head_dim:
+        raise CheckpointError(
+            path,
+            f"partial rotary embeddings ({rope_dims} of {config.head_dim} head dimensions) are not supported",
+            f"{arch}.rope.dimension_count",
+        )
+    key_length = metadata.get(f"{arch}.attention.key_length")
+    if key_length is not None and int(key_length) != config.head_dim:
+        raise CheckpointError(
+            path,
+            f"key_length {key_length} differs from dim/n_heads = {config.head_dim}, which is not supported",
+            f"{arch}.attention.key_length",
+        )
+    scaling_type = metadata.get(f"{arch}.rope.scaling.type")
+    if scaling_type not in (None, "none"):
+        raise CheckpointError(path, f"RoPE scaling type {scaling_type!r} is not supported", f"{arch}.rope.scaling.type")
+    return config
+
+
+def load_gguf(path: str | os.PathLike) -> Checkpoint:
+    """Open a GGUF file and return a Checkpoint whose tensors dequantize to float32 on first use.
+
+    The file is memory-mapped, so opening it reads only the header. Raises CheckpointError
+    for a missing, truncated or non-GGUF file, an architecture other than `llama`, a
+    tensor type `gguf` cannot dequantize, and missing or misshapen tensors.
+    """
+    from gguf import GGMLQuantizationType, quants
+
+    path = Path(path)
+    _check_header(path)
+    reader = _open_reader(path)
+    metadata = read_metadata(reader, path)
+    config = config_from_metadata(metadata, path)
+
+    by_name: dict[str, Any] = {}
+    for tensor in reader.tensors:
+        name = canonical_tensor_name(tensor.name)
+        if name is None:
+            if tensor.name == "rope_freqs.weight":
+                raise CheckpointError(
+                    path,
+                    "per-frequency RoPE factors (Llama 3.1 scaling baked into the GGUF) are not supported",
+                    tensor.name,
+                )
+            raise CheckpointError(path, "unknown tensor name for a llama model", tensor.name)
+        if name in by_name:
+            raise CheckpointError(path, "duplicate tensor", tensor.name)
+        by_name[name] = tensor
+
+    if "tok_embeddings.weight" not in by_name:
+        raise CheckpointError(path, "required tensor is missing", "token_embd.weight")
+    embedding_rows = int(by_name["tok_embeddings.weight"].shape[-1])
+    vocab_known = "llama.vocab_size" in metadata or "tokenizer.ggml.tokens" in metadata
+    if not vocab_known:
+        config = config.replace(vocab_size=embedding_rows)
+    if "output.weight" not in by_name:
+        config = config.replace(tie_embeddings=True)
+
+    supported = dequantizable_types()
+    loaders = {}
+    infos = {}
+    for name, tensor in by_name.items():
+        qtype = GGMLQuantizationType(tensor.tensor_type)
+        gguf_name = tensor.name
+        if qtype.name not in supported:
+            raise CheckpointError(
+                path,
+                f"tensor type {qtype.name} cannot be dequantized by the installed gguf package; "
+                f"supported types: {', '.join(sorted(supported))}",
+                gguf_name,
+            )
+        shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        infos[name] = TensorInfo(name, shape, qtype.name, gguf_name)
+        loaders[name] = _make_loader(tensor.data, qtype, shape, quants)
+
+    checkpoint = Checkpoint(
+        config=config,
+        loaders=loaders,
+        infos=infos,
+        path=os.fspath(path),
+        format="gguf",
+        metadata=metadata,
+    )
+    _check_shapes(checkpoint, path)
+    log.info("opened %s: %d tensors, %s", path, len(infos), config)
+    return checkpoint
+
+
+def _make_loader(data: np.ndarray, qtype: Any, shape: tuple[int, ...], quants: Any):
+    def load() -> np.ndarray:
+        array = quants.dequantize(data, qtype)
+        return np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
+
+    return load
+
+
+def _check_shapes(checkpoint: Checkpoint, path: Path) -> None:
+    shapes = expected_shapes(checkpoint.config)
+    for name, shape in shapes.items():
+        if name not in checkpoint:
+            raise CheckpointError(path, "required tensor is missing", gguf_tensor_name(name))
+        info = checkpoint.infos.get(name) or checkpoint.infos["tok_embeddings.weight"]
+        if info.shape != shape:
+            raise CheckpointError(
+                path,
+                f"tensor has shape {info.shape} but the metadata implies {shape}",
+                info.source_name,
+            )
