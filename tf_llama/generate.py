@@ -1,0 +1,183 @@
+"""Autoregressive generation for the TensorFlow model: compiled prefill and decode steps.
+
+Generation runs the prompt through one `tf.function` (prefill) and each new token through
+another (decode), both on a preallocated KV cache. Their input signatures leave the batch,
+prompt length and cache length unknown, so each function is traced once per
+`Generator` (per model), not once per token or per prompt. Sampling runs on the host in
+NumPy on the float32 logits of the last position, with the same options and the same
+algorithm as the NumPy reference: greedy, temperature, top-k, top-p, seed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from tf_llama.model import LlamaModel
+from weights_tools.errors import GenerationError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Options for choosing the next token from the logits.
+
+    temperature 0 means greedy (argmax). top_k 0 and top_p 1.0 switch those filters off.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise GenerationError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Choose the next token id from float32 logits [V].
+
+    Greedy takes the argmax. Otherwise the logits are divided by the temperature, all but
+    the top_k largest are dropped, then all but the smallest most-likely set whose
+    probability reaches top_p (nucleus sampling), and one id is drawn from the
+    renormalized probabilities with rng.
+    """
+    if params.temperature == 0.0:
+        return int(np.argmax(logits))
+
+    scaled = np.asarray(logits, dtype=np.float64) / params.temperature
+    vocab_size = scaled.shape[-1]
+    if 0 < params.top_k < vocab_size:
+        threshold = np.sort(scaled)[-params.top_k]
+        scaled = np.where(scaled >= threshold, scaled, -np.inf)
+
+    # Softmax in float32, as the NumPy reference does, so a seed draws the same ids.
+    scaled32 = scaled.astype(np.float32)
+    shifted = np.exp(scaled32 - scaled32.max())
+    probs = (shifted / shifted.sum()).astype(np.float64)
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        n_keep = int(np.searchsorted(cumulative, params.top_p)) + 1
+        kept = np.zeros_like(probs)
+        kept[order[:n_keep]] = probs[order[:n_keep]]
+        probs = kept
+
+    probs = probs / probs.sum()
+    return int(rng.choice(vocab_size, p=probs))
+
+
+def check_request(prompt_ids: list[int], max_new_tokens: int, model: LlamaModel) -> None:
+    """Raise GenerationError unless the prompt ids are in the vocabulary and fit the context with max_new_tokens."""
+    config = model.config
+    if len(prompt_ids) == 0:
+        raise GenerationError("the prompt is empty: give a non-empty prompt or enable BOS")
+    invalid = [token for token in prompt_ids if not 0 <= token < config.vocab_size]
+    if invalid:
+        raise GenerationError(f"token id {invalid[0]} is outside the vocabulary [0, {config.vocab_size})")
+    if max_new_tokens < 0:
+        raise GenerationError(f"the number of new tokens must be >= 0, got {max_new_tokens}")
+    if len(prompt_ids) > config.max_seq_len:
+        raise GenerationError(
+            f"the prompt has {len(prompt_ids)} tokens but the context length is {config.max_seq_len}; shorten the prompt"
+        )
+    remaining = config.max_seq_len - len(prompt_ids)
+    if max_new_tokens > remaining:
+        raise GenerationError(
+            f"{max_new_tokens} new tokens do not fit: the prompt uses {len(prompt_ids)} of "
+            f"{config.max_seq_len} positions, so at most {remaining} remain; lower -n"
+        )
+
+
+class Generator:
+    """The compiled prefill and decode steps of one model.
+
+    prefill(tokens [B, S], caches) and decode(tokens [B, 1], start_pos, caches) return
+    (float32 logits of the last position [B, V], updated caches). `prefill_traces` and
+    `decode_traces` count how often TF traced each function; both stay at 1 however
+    many tokens are generated.
+    """
+
+    def __init__(self, model: LlamaModel):
+        self.model = model
+        self.prefill_traces = 0
+        self.decode_traces = 0
+
+        cfg = model.config
+        cache_spec = tf.TensorSpec([None, None, cfg.n_kv_heads, cfg.head_dim], model.compute_dtype)
+        caches_spec = tuple((cache_spec, cache_spec) for _ in range(cfg.n_layers))
+        self.prefill = tf.function(
+            self._prefill, input_signature=[tf.TensorSpec([None, None], tf.int32), caches_spec]
+        )
+        self.decode = tf.function(
+            self._decode,
+            input_signature=[tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32), caches_spec],
+        )
+
+    def _prefill(self, tokens, caches):
+        self.prefill_traces += 1  # Runs only while TF traces, not on every call.
+        return self.model(tokens, start_pos=0, caches=caches, last_only=True)
+
+    def _decode(self, tokens, start_pos, caches):
+        self.decode_traces += 1  # Runs only while TF traces, not on every call.
+        return self.model(tokens, start_pos=start_pos, caches=caches, last_only=True)
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        params: SamplingParams = SamplingParams(),
+        stop_ids: Iterable[int] = (),
+    ) -> Iterator[int]:
+        """Yield up to max_new_tokens new token ids, each as soon as it is sampled.
+
+        Generation stops after a token in stop_ids, which is yielded. Raises
+        GenerationError on the first next() when the request does not fit the model.
+        """
+        check_request(prompt_ids, max_new_tokens, self.model)
+        if max_new_tokens == 0:
+            return
+        stop = set(stop_ids)
+        rng = np.random.default_rng(params.seed)
+        cache = self.model.new_cache(batch=1, max_seq_len=len(prompt_ids) + max_new_tokens)
+
+        logits, caches = self.prefill(tf.constant([prompt_ids], tf.int32), cache.as_tuple())
+        position = len(prompt_ids)
+        for step in range(max_new_tokens):
+            token = sample_next_token(logits.numpy()[0], params, rng)
+            yield token
+            if token in stop or step == max_new_tokens - 1:
+                return
+            logits, caches = self.decode(tf.constant([[token]], tf.int32), tf.constant(position, tf.int32), caches)
+            position += 1
+
+
+_generators: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def generator_for(model: LlamaModel) -> Generator:
+    """Return the model's Generator, creating it on first use so its traces are reused."""
+    generator = _generators.get(model)
+    if generator is None:
+        generator = Generator(model)
+        _generators[model] = generator
+    return generator
+
+
+def generate(
+    model: LlamaModel,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    params: SamplingParams = SamplingParams(),
+    stop_ids: Iterable[int] = (),
+) -> Iterator[int]:
+    """Yield up to max_new_tokens new token ids from the model; see Generator.generate."""
+    return generator_for(model).generate(prompt_ids, max_new_tokens, params, stop_ids)
