@@ -11,7 +11,7 @@ Linear weights are [out_features, in_features] as in PyTorch, so a projection is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -306,30 +306,64 @@ def transformer_block(
     return out
 
 
+class StreamedLayers(Sequence):
+    """Per-layer weights read from the checkpoint on every access and dropped after use.
+
+    Only one layer's float32 weights are resident at a time, so a model much larger than
+    memory in float32 (LLaMA-7B stored as float16) can still run, at the cost of
+    converting every layer again on each forward call.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, dtype: np.dtype):
+        self.checkpoint = checkpoint
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return self.checkpoint.config.n_layers
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return {suffix: w.astype(self.dtype, copy=False) for suffix, w in self.checkpoint.layer(i).items()}
+
+
 class Llama:
-    """A LLaMA model: canonical float32 weights plus the RoPE table, run with `forward`.
+    """A LLaMA model: canonical weights plus the RoPE table, run with `forward`.
 
     The weights are the checkpoint's arrays (not copies) when dtype is float32.
     """
 
-    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], dtype=np.float32):
+    def __init__(self, config: ModelConfig, weights: Mapping[str, np.ndarray], dtype=np.float32, layers=None):
         self.config = config
         self.dtype = np.dtype(dtype)
-        self.weights = {name: np.asarray(w).astype(self.dtype, copy=False) for name, w in weights.items()}
-        if config.tie_embeddings and "output.weight" not in self.weights:
+        names = [name for name in weights if layers is None or not name.startswith("layers.")]
+        if config.tie_embeddings:
+            names = [name for name in names if name != "output.weight"]
+        self.weights = {name: np.asarray(weights[name]).astype(self.dtype, copy=False) for name in names}
+        if config.tie_embeddings:
             self.weights["output.weight"] = self.weights["tok_embeddings.weight"]
-        self.layers = [
-            {suffix.split(f"layers.{i}.", 1)[1]: w for suffix, w in self.weights.items() if suffix.startswith(f"layers.{i}.")}
-            for i in range(config.n_layers)
-        ]
+        if layers is None:
+            layers = [
+                {name.split(".", 2)[2]: self.weights[name] for name in self.weights if name.startswith(f"layers.{i}.")}
+                for i in range(config.n_layers)
+            ]
+        self.layers = layers
         self.rope_cos, self.rope_sin = rope_table(
             config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling
         )
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, dtype=np.float32) -> "Llama":
-        """Load every tensor of a canonical checkpoint into a model."""
-        return cls(checkpoint.config, checkpoint.load_all(), dtype=dtype)
+    def from_checkpoint(cls, checkpoint: Checkpoint, dtype=np.float32, stream_layers: bool = False) -> "Llama":
+        """Build a model from a canonical checkpoint.
+
+        By default every tensor is loaded once. With stream_layers=True only the embedding,
+        final norm and output head stay resident, and each block's weights are read from the
+        checkpoint when the forward pass reaches it (the checkpoint's cache is switched off).
+        """
+        if not stream_layers:
+            return cls(checkpoint.config, checkpoint.load_all(), dtype=dtype)
+        checkpoint.cache = False
+        return cls(checkpoint.config, checkpoint, dtype=dtype, layers=StreamedLayers(checkpoint, np.dtype(dtype)))
 
     def new_cache(self, batch: int = 1, max_seq_len: int | None = None) -> KVCache:
         """Allocate an empty KV cache for `batch` sequences of up to max_seq_len positions."""

@@ -95,3 +95,12 @@ def test_smollm2_logits_match_transformers(smollm2_model):
     assert top[1] == 260  # " the"
     assert abs(logits[7042] - 17.371) <= 0.01
     assert abs(logits[260] - 14.889) <= 0.01
+
+
+def test_streamed_layers_match_resident():
+    checkpoint = random_checkpoint(tiny_config(), seed=6)
+    tokens = np.arange(10) % 64
+    resident = Llama.from_checkpoint(checkpoint).forward(tokens)
+    streamed_model = Llama.from_checkpoint(random_checkpoint(tiny_config(), seed=6), stream_layers=True)
+    assert not isinstance(streamed_model.layers, list)
+    np.testing.assert_array_equal(streamed_model.forward(tokens), resident)
