@@ -122,6 +122,11 @@ class Generator:
             input_signature=[tf.TensorSpec([None, 1], tf.int32), tf.TensorSpec([], tf.int32), caches_spec],
         )
 
+    def compile(self) -> None:
+        """Trace both functions now, so the first generated tokens do not pay for tracing."""
+        self.prefill.get_concrete_function()
+        self.decode.get_concrete_function()
+
     def _prefill(self, tokens, caches):
         self.prefill_traces += 1  # Runs only while TF traces, not on every call.
         return self.model(tokens, start_pos=0, caches=caches, last_only=True)
