@@ -32,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_text(text: str, what: str) -> str:
+def check_text(text: str, label: str) -> str:
     """Reject text that is not valid UTF-8 (argv bytes Python could not decode)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise GenerationError(f"the {what} is not valid UTF-8; pass UTF-8 text or --prompt-ids") from None
+        raise GenerationError(f"the {label} is not valid UTF-8; pass UTF-8 text or --prompt-ids") from None
     return text
 
 

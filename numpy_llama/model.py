@@ -232,7 +232,7 @@ def silu(x: np.ndarray) -> np.ndarray:
 def feed_forward(
     x: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray, tracer: Tracer | None = None, prefix: str = ""
 ) -> np.ndarray:
-    """SwiGLU feed-forward: w2( silu(x w1^T) * (x w3^T) )^T.
+    """SwiGLU feed-forward: (silu(x @ w1.T) * (x @ w3.T)) @ w2.T.
 
     x: [..., D]; w1 (gate), w3 (up): [F, D]; w2 (down): [D, F] -> [..., D].
     """
@@ -388,7 +388,7 @@ class Llama:
         batch, seq_len = tokens.shape
         if cache is None:
             if start_pos != 0:
-                raise ValueError("start_pos > 0 needs the KV cache that holds the earlier positions")
+                raise ValueError(f"start_pos {start_pos} > 0 requires the KV cache of the earlier positions; pass cache=")
             cache = self.new_cache(batch, seq_len)
         if start_pos + seq_len > cache.max_seq_len:
             raise ValueError(
