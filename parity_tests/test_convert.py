@@ -1,0 +1,149 @@
+"""llama-convert: round trips between formats, atomic output and the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numpy_llama.model import Llama
+from parity_tests.checkpoint_writers import hf_logits, meta_params, random_hf_model, save_meta
+from parity_tests.tiny_models import random_checkpoint, random_weights, tiny_config, write_gguf
+from weights_tools.convert import convert, main
+from weights_tools.errors import CheckpointError
+from weights_tools.loader import detect_format, load_checkpoint
+
+TOKENS = np.array([[1, 9, 4, 4, 27, 63, 0, 12, 31, 8, 2, 40, 55, 3]])
+META_MULTIPLE_OF = 16
+META_HIDDEN_DIM = 96  # Meta's rule for dim 32 and multiple_of 16
+TARGET_FORMATS = {"safetensors": "canonical", "gguf": "gguf", "hf": "hf"}
+
+
+def _destination(tmp_path, to):
+    return tmp_path / ("model.gguf" if to == "gguf" else f"model-{to}")
+
+
+def _logits(path_or_checkpoint):
+    checkpoint = path_or_checkpoint
+    if not hasattr(checkpoint, "config"):
+        checkpoint = load_checkpoint(checkpoint)
+    return Llama.from_checkpoint(checkpoint).forward(TOKENS)
+
+
+@pytest.fixture
+def meta_folder(tmp_path):
+    pytest.importorskip("torch", reason="torch produces the .pth test files")
+    config = tiny_config(hidden_dim=META_HIDDEN_DIM)
+    return save_meta(tmp_path / "meta", random_weights(config, seed=5), meta_params(config, META_MULTIPLE_OF), n_shards=2)
+
+
+def test_meta_hf_meta_is_identity(meta_folder, tmp_path):
+    meta = load_checkpoint(meta_folder)
+    hf_folder = convert(meta_folder, tmp_path / "hf", "hf", progress=False)
+    back = load_checkpoint(hf_folder)
+
+    assert back.format == "hf"
+    assert back.config == meta.config
+    for name in meta:
+        np.testing.assert_array_equal(back[name], meta[name], err_msg=name)
+
+
+@pytest.mark.parametrize("to", sorted(TARGET_FORMATS))
+def test_convert_keeps_logits_meta(meta_folder, tmp_path, to):
+    expected = _logits(meta_folder)
+    destination = convert(meta_folder, _destination(tmp_path, to), to, progress=False)
+
+    assert detect_format(destination) == TARGET_FORMATS[to]
+    np.testing.assert_array_equal(_logits(destination), expected)
+
+
+@pytest.mark.parametrize("to", sorted(TARGET_FORMATS))
+def test_convert_keeps_logits_tied_gguf(tmp_path, to):
+    config = tiny_config(tie_embeddings=True)
+    source = write_gguf(tmp_path / "source.gguf", config, random_weights(config, seed=6))
+    expected = _logits(source)
+    destination = convert(source, _destination(tmp_path, to), to, progress=False)
+
+    converted = load_checkpoint(destination)
+    assert converted.config.tie_embeddings
+    np.testing.assert_array_equal(_logits(converted), expected)
+
+
+def test_convert_keeps_logits_llama2c(data_dir, tmp_path):
+    source = data_dir / "stories260K" / "stories260K.bin"
+    expected = _logits(source)
+    for to in sorted(TARGET_FORMATS):
+        destination = convert(source, _destination(tmp_path, to), to, progress=False)
+        np.testing.assert_array_equal(_logits(destination), expected, err_msg=to)
+
+
+@pytest.mark.parametrize("rope_scaling", [False, True], ids=["plain-rope", "llama3-rope"])
+def test_hf_output_runs_in_transformers(tmp_path, rope_scaling):
+    pytest.importorskip("torch", reason="transformers needs torch")
+    transformers = pytest.importorskip("transformers", reason="transformers checks the hf output")
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+    source_model = random_hf_model(tiny_config(rope_theta=500000.0), seed=7, rope_scaling=scaling if rope_scaling else None)
+    source_model.save_pretrained(tmp_path / "source")
+
+    # HF -> canonical -> HF, then transformers loads our output.
+    canonical = convert(tmp_path / "source", tmp_path / "canonical", "safetensors", progress=False)
+    output = convert(canonical, tmp_path / "hf", "hf", progress=False)
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(output).eval()
+
+    np.testing.assert_allclose(hf_logits(reloaded, TOKENS), hf_logits(source_model, TOKENS), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_logits(output), hf_logits(source_model, TOKENS), rtol=0, atol=1e-4)
+
+
+def test_gguf_tokenizer_keys_copied(tmp_path):
+    import gguf
+
+    config = tiny_config()
+    tokens = [f"<tok{i}>" for i in range(config.vocab_size)]
+    source = write_gguf(tmp_path / "source.gguf", config, random_weights(config), tokens=tokens)
+    destination = convert(source, tmp_path / "copy.gguf", "gguf", progress=False)
+
+    fields = gguf.GGUFReader(destination).fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert fields["tokenizer.ggml.tokens"].contents() == tokens
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["general.file_type"].contents() == int(gguf.LlamaFileType.ALL_F32)
+
+
+def test_llama3_rope_to_gguf_rejected_leaves_nothing(tmp_path):
+    from weights_tools.config import RopeScaling
+    from weights_tools.convert import write_canonical
+
+    config = tiny_config(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16))
+    source = tmp_path / "source"
+    source.mkdir()
+    write_canonical(random_checkpoint(config), source, progress=False)
+
+    output_folder = tmp_path / "out"
+    with pytest.raises(CheckpointError, match=r"\[rope_scaling\].*convert to safetensors or hf"):
+        convert(source, output_folder / "model.gguf", "gguf", progress=False)
+    assert list(output_folder.iterdir()) == []
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    config = tiny_config()
+    source = write_gguf(tmp_path / "source.gguf", config, random_weights(config))
+    destination = tmp_path / "canonical"
+    destination.mkdir()
+    (destination / "old.txt").write_text("keep me")
+
+    assert main([str(source), str(destination), "--to", "safetensors", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert "pass --force to overwrite it" in error
+    assert (destination / "old.txt").read_text() == "keep me"
+
+    assert main([str(source), str(destination), "--to", "safetensors", "--quiet", "--force"]) == 0
+    assert sorted(p.name for p in destination.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canonical", "source.gguf"]
+
+
+def test_missing_source_one_line_error(tmp_path, capsys):
+    assert main([str(tmp_path / "absent.gguf"), str(tmp_path / "out"), "--to", "hf"]) == 1
+    error = capsys.readouterr().err
+    assert error == f"error: {tmp_path / 'absent.gguf'}: file or folder not found; pass an existing checkpoint path\n"
+    assert not (tmp_path / "out").exists()
