@@ -127,6 +127,14 @@ def smollm2_tokenizer(smollm2) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
+def smollm2_json(smollm2_tokenizer, tmp_path_factory) -> Tokenizer:
+    """SmolLM2's vocabulary saved as a tokenizer.json, without a tokenizer_config.json."""
+    folder = tmp_path_factory.mktemp("smollm2_json")
+    smollm2_tokenizer.tokenizer.save(str(folder / "tokenizer.json"))
+    return load_tokenizer(folder / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
 def tiny_tiktoken(tmp_path_factory) -> Tokenizer:
     folder = tmp_path_factory.mktemp("tiktoken")
     return load_tokenizer(tiktoken_rank_file(folder / "tokenizer.model", TIKTOKEN_MERGES))
@@ -262,6 +270,13 @@ def test_smollm2_drops_bytes_without_token(smollm2_tokenizer, caplog):
     assert caplog.text == ""
 
 
+def test_tokenizer_json_without_config(smollm2_json):
+    assert smollm2_json.bos_id is None
+    assert smollm2_json.eos_id is None
+    assert smollm2_json.add_bos is False
+    assert smollm2_json.stop_ids == {0, 2}  # <|endoftext|> and <|im_end|> are special tokens
+
+
 def test_tokenizer_json_matches_gguf(smollm2_tokenizer, tmp_path):
     smollm2_tokenizer.tokenizer.save(str(tmp_path / "tokenizer.json"))
     config = {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": False}
@@ -344,8 +359,8 @@ def test_gguf_gpt2_space_prefix(tiny_gpt2):
 
 
 def test_gguf_gpt2_controls(tiny_gpt2):
-    assert tiny_gpt2.stop_ids == {tiny_gpt2.token_to_id("<|endoftext|>"), tiny_gpt2.token_to_id("<|im_end|>"),
-                                  tiny_gpt2.token_to_id("<|eot_id|>")}
+    expected_stops = {tiny_gpt2.token_to_id(piece) for piece in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>")}
+    assert tiny_gpt2.stop_ids == expected_stops
     ids = tiny_gpt2.encode("<|im_start|>hello")
     assert [tiny_gpt2.id_to_piece(i) for i in ids] == ["<|im_start|>", "hello"]
 
@@ -389,9 +404,9 @@ def test_gguf_bad_vocabulary():
 
 
 def test_stream_holds_split_character(smollm2_tokenizer, spm_file):
-    llama_ids = smollm2_tokenizer.encode("🦙!")
-    assert len(llama_ids) > 2
-    outputs = stream(smollm2_tokenizer, llama_ids)
+    smollm_ids = smollm2_tokenizer.encode("🦙!")
+    assert len(smollm_ids) > 2
+    outputs = stream(smollm2_tokenizer, smollm_ids)
     assert all(output == "" for output in outputs[:-3])
     assert outputs[-3:] == ["🦙", "!", ""]
 
@@ -427,11 +442,11 @@ def check_stream_on_text(tokenizer: Tokenizer, text: str) -> None:
     assert tokenizer.decode(tokenizer.encode(text, bos=False)) == text
 
 
-@pytest.mark.parametrize("backend, low_ids", [("spm_file", 300), ("spm_gguf", 300), ("smollm2_tokenizer", 300)])
-def test_stream_random_ids(backend, low_ids, request):
+@pytest.mark.parametrize("backend", ["spm_file", "spm_gguf", "smollm2_tokenizer", "smollm2_json"])
+def test_stream_random_ids(backend, request):
     tokenizer = request.getfixturevalue(backend)
 
-    @given(ids=ids_strategy(tokenizer, low_ids))
+    @given(ids=ids_strategy(tokenizer, 300))
     def check(ids):
         check_stream_on_ids(tokenizer, ids)
 
@@ -444,7 +459,7 @@ def test_stream_random_ids_tiny(tiny_tiktoken, tiny_gpt2, data):
         check_stream_on_ids(tokenizer, data.draw(ids_strategy(tokenizer, 256)))
 
 
-@pytest.mark.parametrize("backend", ["spm_file", "spm_gguf", "smollm2_tokenizer"])
+@pytest.mark.parametrize("backend", ["spm_file", "spm_gguf", "smollm2_tokenizer", "smollm2_json"])
 def test_stream_real_text(backend, request):
     tokenizer = request.getfixturevalue(backend)
 

@@ -215,43 +215,66 @@ class Tokenizer(ABC):
 class StreamDecoder:
     """Incremental decoding of generated ids that holds back incomplete UTF-8 characters.
 
-    Each `push` decodes all ids so far with the tokenizer's own `decode` and returns the
+    Each `push` decodes the pending ids with the tokenizer's own `decode` and returns the
     new text, minus any trailing U+FFFD: a multi-byte character split across byte-fallback
-    or byte-level tokens decodes to U+FFFD until its last byte arrives. Because the full
-    sequence is decoded, SentencePiece drops the first piece's leading "▁" exactly as
-    `decode` does and keeps later ones. `flush` returns what was held back (a genuine
-    U+FFFD or an unfinished character). Call it once, at the end of the stream.
+    or byte-level tokens decodes to U+FFFD until its last byte arrives. `flush` returns
+    what was held back (a genuine U+FFFD or an unfinished character). Call it once, at
+    the end of the stream.
 
     Invariant: the concatenation of every `push` result and `flush` equals
-    `tokenizer.decode(all ids)`. This is true because each backend's decode(ids[:n])
-    without its trailing U+FFFD is a prefix of decode(ids[:m]) for every m > n.
+    `tokenizer.decode(all ids)`. Two facts about the backends make this true:
 
-    NOTE: each push decodes the whole sequence, O(n) per token. That is negligible next to
-    a forward pass for sequences up to the context length.
+    * decode(ids[:n]) without its trailing U+FFFD is a prefix of decode(ids[:m]) for m > n;
+    * once the text so far is non-empty and ends in a complete character, the later ids
+      decode the same after any visible anchor piece (here the encoding of "a"). So the
+      decoder then drops the ids it has finished with and decodes anchor + pending ids,
+      which keeps each push O(pending ids) instead of O(all ids).
+
+    The anchor is what keeps leading spaces right: SentencePiece drops the "▁" of the
+    first visible piece only, so until text appears every push decodes from the start.
     """
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self._emitted = 0
+        self._anchor_ids = tokenizer._encode_text("a")
+        self._anchor_text = tokenizer.decode(self._anchor_ids)
+        # A vocabulary that cannot encode "a" visibly gets no anchor, and every push decodes
+        # all ids from the start.
+        self._can_anchor = bool(self._anchor_text) and REPLACEMENT_CHARACTER not in self._anchor_text
+        self._anchored = False
+        self._pending: list[int] = []
+        self._emitted = 0  # characters of the pending text already returned
 
     def push(self, token_id: int) -> str:
         """Append one id and return the text it completes (possibly empty)."""
-        self.ids.append(self.tokenizer._check_id(token_id))
-        text = self.tokenizer.decode(self.ids)
+        self._pending.append(self.tokenizer._check_id(token_id))
+        text = self._pending_text()
         complete = len(text.rstrip(REPLACEMENT_CHARACTER))
-        if complete <= self._emitted:
-            return ""
-        new_text = text[self._emitted : complete]
-        self._emitted = complete
+        new_text = text[self._emitted : complete] if complete > self._emitted else ""
+        self._emitted = max(self._emitted, complete)
+        if self._can_anchor and complete == len(text) and (text or self._anchored):
+            self._anchored = True
+            self._pending = []
+            self._emitted = 0
         return new_text
 
     def flush(self) -> str:
         """Return all text not yet returned, including held-back U+FFFD characters."""
-        text = self.tokenizer.decode(self.ids)
+        text = self._pending_text()
         new_text = text[self._emitted :]
         self._emitted = len(text)
         return new_text
+
+    def _pending_text(self) -> str:
+        if not self._anchored:
+            return self.tokenizer.decode(self._pending)
+        text = self.tokenizer.decode(self._anchor_ids + self._pending)
+        if not text.startswith(self._anchor_text):
+            raise TokenizerError(
+                f"{self.tokenizer.source}: streaming decode failed: the decoder changed the anchor text "
+                f"{self._anchor_text!r} to {text[: len(self._anchor_text)]!r}; decode the whole sequence instead"
+            )
+        return text[len(self._anchor_text) :]
 
 
 class SentencePieceTokenizer(Tokenizer):
