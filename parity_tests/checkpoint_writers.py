@@ -69,9 +69,9 @@ def save_meta(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.json").write_text(json.dumps(params))
     torch_dtype = getattr(torch, dtype)
-    head_dim = weights["layers.0.attention_norm.weight"].shape[0] // params.get("n_heads", 1)
     tensors = dict(weights)
-    tensors["rope.freqs"] = np.ones(head_dim // 2, np.float32)
+    # The reader ignores rope.freqs, so only its presence matters, not its size.
+    tensors["rope.freqs"] = np.ones(4, np.float32)
     for shard in range(n_shards):
         state = {}
         for name, array in tensors.items():
@@ -136,8 +136,8 @@ def write_llama2c(
 ) -> Path:
     """Write canonical weights in llama2.c's legacy (version 0) or version 1 layout.
 
-    The order follows llama2.c export.py: `legacy_export` writes the embedding, then each
-    layer tensor stacked over layers, the final norm and the RoPE tables; `version1_export`
+    The order follows llama2.c export.py. `legacy_export` writes the embedding, then each
+    layer tensor stacked over layers, the final norm and the RoPE tables. `version1_export`
     writes all norms first, then the embedding and the layer matrices, and no RoPE table.
     """
     n_layers = config.n_layers

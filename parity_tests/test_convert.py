@@ -133,7 +133,8 @@ def test_existing_output_needs_force(tmp_path, capsys):
 
     assert main([str(source), str(destination), "--to", "safetensors", "--quiet"]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and error.count("\n") == 1
+    assert error.startswith("error: ")
+    assert error.count("\n") == 1
     assert "pass --force to overwrite it" in error
     assert (destination / "old.txt").read_text() == "keep me"
 

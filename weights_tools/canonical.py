@@ -1,6 +1,6 @@
 """The canonical on-disk form: a folder with model.safetensors under canonical names plus config.json.
 
-config.json holds {"format": "llama-parity-canonical", "format_version": 1,
+config.json contains {"format": "llama-parity-canonical", "format_version": 1,
 "model_config": ModelConfig.to_dict()}. The "format" marker is what tells this layout
 apart from a Hugging Face config.json in the same kind of folder. Tensors are float32 in
 the interleaved-pair RoPE layout; with tied embeddings output.weight is omitted.

@@ -102,7 +102,7 @@ def write_hf(checkpoint: Checkpoint, folder: Path, progress: bool = True) -> Non
         elif name.endswith("attention.wk.weight"):
             array = interleaved_to_rotate_half(array, config.n_kv_heads)
         tensors[hf_tensor_name(name)] = np.ascontiguousarray(array)
-    # transformers rejects safetensors files whose "format" metadata is not a framework it knows.
+    # transformers rejects safetensors files whose "format" metadata is not a framework it recognizes.
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     _write_json(folder / "config.json", hf_config_json(checkpoint))
 

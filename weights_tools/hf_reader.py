@@ -97,10 +97,10 @@ def rotate_half_to_interleaved(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
+def read_json(path: Path, description: str) -> dict[str, Any]:
     """Read a JSON object, raising ConfigError naming the file when it is missing or invalid."""
     if not path.is_file():
-        raise ConfigError(path.name, f"{what} not found", path)
+        raise ConfigError(path.name, f"{description} not found", path)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -128,8 +128,8 @@ def _field(config: dict[str, Any], key: str, path: Path, kind: type, default: An
 def rope_settings(config: dict[str, Any], path: Path) -> tuple[float, RopeScaling | None]:
     """Return (rope_theta, rope_scaling) from a config.json.
 
-    transformers 4.x writes `rope_theta` plus an optional `rope_scaling` dict whose type
-    is under `rope_type` (or the older `type`); transformers 5.x writes both into one
+    transformers 4.x writes `rope_theta` plus an optional `rope_scaling` dict, whose type
+    is under `rope_type` (or the older `type`). transformers 5.x writes both into one
     `rope_parameters` dict. Types other than "default" and "llama3" raise ConfigError.
     """
     parameters = config.get("rope_parameters")

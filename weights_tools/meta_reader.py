@@ -41,6 +41,7 @@ IGNORED_TENSORS = ("rope.freqs",)
 LLAMA31_ROPE_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
 
 # ModelArgs defaults in Meta's llama/model.py, used when params.json omits the field.
+# Llama 2's params.json has no rope_theta because its code fixes theta at 10000.
 DEFAULT_MULTIPLE_OF = 256
 DEFAULT_NORM_EPS = 1e-5
 DEFAULT_ROPE_THETA = 10000.0
@@ -100,8 +101,9 @@ def _number(params: dict[str, Any], key: str, path: Path, kind: type, default: A
 def rope_scaling_from_params(params: dict[str, Any], path: Path) -> RopeScaling | None:
     """Return Llama 3.1 RoPE scaling when params.json sets use_scaled_rope, else None.
 
-    Later llama-models releases add rope_scaling_factor (32 for Llama 3.2 1B/3B) and
-    rope_high_freq_factor; without them the Llama 3.1 constants apply.
+    Later llama-models code passes the scale factor and high_freq_factor into
+    apply_scaling, so optional rope_scaling_factor and rope_high_freq_factor keys override
+    8 and 4. NOTE: those two key names are not checked against a released params.json.
     """
     if not params.get("use_scaled_rope", False):
         return None
@@ -149,7 +151,7 @@ def concat_axis(name: str, shard_shape: tuple[int, ...], dim: int, n_shards: int
     if any(f".{part}.weight" in f".{name}" for part in ROW_PARALLEL):
         return 1
     if name == "tok_embeddings.weight":
-        # Llama 2 splits the embedding width, Llama 3 the vocabulary; the width tells which.
+        # Llama 2 splits the embedding width and Llama 3 the vocabulary. A shard of full width is Llama 3's.
         return 0 if n_shards > 1 and shard_shape[1] == dim else 1
     raise KeyError(name)
 
@@ -165,7 +167,7 @@ def _merged_shape(shapes: list[tuple[int, ...]], axis: int | None) -> tuple[int,
 def _make_loader(archives: list[TorchArchive], refs: list[TensorRef], axis: int | None) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         if axis is None:
-            return archives[0].load(refs[0]).astype(np.float32)
+            return archives[0].load(refs[0]).astype(np.float32, copy=False)
         parts = [archive.load(ref) for archive, ref in zip(archives, refs)]
         return np.concatenate(parts, axis=axis).astype(np.float32, copy=False)
 

@@ -1,6 +1,6 @@
 """Read a `torch.save` file (the zip format of PyTorch >= 1.6) without importing torch.
 
-The archive holds `<prefix>/data.pkl`, a pickle of the state dict, and one entry
+The archive contains `<prefix>/data.pkl`, a pickle of the state dict, and one entry
 `<prefix>/data/<key>` per storage with its raw little-endian bytes. torch writes the
 entries uncompressed and 64-byte aligned, so each storage is a view into one read-only
 memory map of the file and a tensor is read only when it is converted.
@@ -70,7 +70,7 @@ class TensorRef:
 
 @dataclass(frozen=True)
 class _StorageType:
-    """What `torch.FloatStorage` and its siblings unpickle to: just the element type."""
+    """Stand-in for a torch storage class such as torch.FloatStorage, with only its element type."""
 
     name: str
     dtype: np.dtype
@@ -168,7 +168,7 @@ class TorchArchive:
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             raise CheckpointError(self.path, f"malformed pickle ({type(exc).__name__}: {exc})", "data.pkl") from None
         if not isinstance(state, dict):
-            raise CheckpointError(self.path, f"the pickle holds a {type(state).__name__}, expected a state dict", "data.pkl")
+            raise CheckpointError(self.path, f"the pickle contains a {type(state).__name__}, expected a state dict", "data.pkl")
         for name, value in state.items():
             if not isinstance(value, TensorRef):
                 raise CheckpointError(self.path, f"state dict value is a {type(value).__name__}, not a tensor", str(name))
@@ -189,7 +189,7 @@ class TorchArchive:
             )
         start = self._data_offset(info)
         if start + nbytes > self._file_size:
-            raise CheckpointError(self.path, "storage data runs past the end of the file (truncated?)", entry)
+            raise CheckpointError(self.path, "storage data runs past the end of the file, so the file is truncated", entry)
         return self._memmap[start : start + nbytes].view(storage.dtype)
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
