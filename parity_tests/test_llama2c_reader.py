@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numpy_llama.model import Llama
-from parity_tests.checkpoint_writers import write_llama2c
+from parity_tests.checkpoint_writers import hf_logits, write_llama2c
 from parity_tests.tiny_models import random_weights, tiny_config
 from weights_tools.errors import CheckpointError
 from weights_tools.llama2c_reader import load_llama2c
@@ -16,7 +16,8 @@ from weights_tools.loader import load_checkpoint
 
 BOS = 1
 # Greedy continuation of BOS under stories260K, recorded from this reader with numpy_llama.
-# A float64 per-token loop written in the order of llama2.c's run.c gave the same ids.
+# A float64 per-token loop written in the order of llama2.c's run.c gave the same ids, and
+# transformers gives them too on the llama-convert --to hf output (tested below).
 STORIES260K_GREEDY = [1, 461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 362, 409, 283, 264, 283, 452, 288, 13]
 
 
@@ -66,6 +67,18 @@ def test_stories260k_generates_tensorflow(stories260k):
 
     np.testing.assert_allclose(tf_logits, np_logits, rtol=0, atol=1e-4)
     assert np.argmax(tf_logits[0, :-1], axis=-1).tolist() == STORIES260K_GREEDY[1:]
+
+
+def test_stories260k_generates_transformers(stories260k, data_dir, tmp_path):
+    pytest.importorskip("torch", reason="transformers needs torch")
+    transformers = pytest.importorskip("transformers", reason="transformers runs the converted model")
+    from weights_tools.convert import convert
+
+    folder = convert(data_dir / "stories260K" / "stories260K.bin", tmp_path / "hf", "hf", progress=False)
+    model = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+
+    logits = hf_logits(model, np.array([STORIES260K_GREEDY]))
+    assert np.argmax(logits[0, :-1], axis=-1).tolist() == STORIES260K_GREEDY[1:]
 
 
 def test_loader_dispatches_bin(data_dir):
