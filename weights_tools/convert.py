@@ -112,6 +112,8 @@ def write_gguf(checkpoint: Checkpoint, path: Path, progress: bool = True) -> Non
 
     Raises CheckpointError for Llama 3.1 RoPE scaling: llama.cpp stores it as a
     rope_freqs.weight tensor, which weights_tools.gguf_reader does not read.
+    NOTE: the output is checked with gguf_reader and gguf's GGUFReader only. No test
+    loads it in llama.cpp itself.
     """
     import gguf
 
