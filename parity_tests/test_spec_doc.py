@@ -1,7 +1,7 @@
-"""Run the worked examples of docs/spec.md as doctests and check that its code links resolve.
+"""Run the worked examples of docs/spec.md as doctests and check that its code and section links resolve.
 
 The page is Markdown, so fence lines (```python, ```) are blanked before doctest parses
-it; otherwise a closing fence right after an expected output would become part of that
+it. Otherwise a closing fence right after an expected output would become part of that
 output. Examples between the HTML comments
 
     <!-- doctest-needs: LLAMA2_TOKENIZER_MODEL -->
@@ -33,6 +33,8 @@ FENCE = re.compile(r"^```\w*$")
 
 # A link to code such as [`Llama.forward`](../numpy_llama/model.py).
 CODE_LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\((\.\./[\w/]+\.py)\)")
+SECTION_LINK = re.compile(r"\]\(#([\w-]+)\)")
+HEADING = re.compile(r"^#{1,6} (.+)$", re.MULTILINE)
 
 
 class SpecParser(doctest.DocTestParser):
@@ -48,14 +50,14 @@ class SpecParser(doctest.DocTestParser):
             stripped = line.strip()
             if stripped == NEEDS_END:
                 if needs is None:
-                    raise ValueError(f"{name}:{number}: doctest-needs end without a start")
+                    raise ValueError(f"{name}:{number}: doctest-needs end without a start; add the opening comment above it")
                 needs = None
                 kept.append("")
                 continue
             match = NEEDS_DATA.match(stripped)
             if match:
                 if needs is not None:
-                    raise ValueError(f"{name}:{number}: doctest-needs section opened inside another one")
+                    raise ValueError(f"{name}:{number}: doctest-needs section opened inside another one; close the first")
                 needs = match.group(1)
                 kept.append("")
                 continue
@@ -64,7 +66,7 @@ class SpecParser(doctest.DocTestParser):
             else:
                 kept.append(line)
         if needs is not None:
-            raise ValueError(f"{name}: doctest-needs section {needs!r} is never closed")
+            raise ValueError(f"{name}: doctest-needs section {needs!r} is never closed; add {NEEDS_END}")
         return super().parse("\n".join(kept) + "\n", name)
 
 
@@ -139,3 +141,18 @@ def test_spec_code_links_resolve():
                 missing.append(f"{qualified_name} in {relative_path} ({part} is not defined there)")
                 break
     assert not missing, "broken code links in docs/spec.md:\n" + "\n".join(missing)
+
+
+def github_anchor(heading: str) -> str:
+    """Return the anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_spec_section_links_resolve():
+    text = SPEC.read_text(encoding="utf-8")
+    anchors = {github_anchor(heading) for heading in HEADING.findall(text)}
+    targets = SECTION_LINK.findall(text)
+    assert targets, "docs/spec.md links to none of its sections"
+    missing = sorted(set(targets) - anchors)
+    assert not missing, f"links to missing sections in docs/spec.md: {missing}"
