@@ -1,4 +1,4 @@
-"""Run the worked examples of docs/spec.md as doctests and check that its code and section links resolve.
+"""Run the worked examples of docs/spec.md as doctests and check that its links resolve.
 
 The page is Markdown, so fence lines (```python, ```) are blanked before doctest parses
 it. Otherwise a closing fence right after an expected output would become part of that
@@ -50,14 +50,18 @@ class SpecParser(doctest.DocTestParser):
             stripped = line.strip()
             if stripped == NEEDS_END:
                 if needs is None:
-                    raise ValueError(f"{name}:{number}: doctest-needs end without a start; add the opening comment above it")
+                    raise ValueError(
+                        f"{name}:{number}: doctest-needs end without a start; add the opening comment above it"
+                    )
                 needs = None
                 kept.append("")
                 continue
             match = NEEDS_DATA.match(stripped)
             if match:
                 if needs is not None:
-                    raise ValueError(f"{name}:{number}: doctest-needs section opened inside another one; close the first")
+                    raise ValueError(
+                        f"{name}:{number}: doctest-needs section opened inside another one; close the first"
+                    )
                 needs = match.group(1)
                 kept.append("")
                 continue
