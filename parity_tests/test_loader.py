@@ -71,6 +71,18 @@ def test_canonical_truncated_rejected(canonical_folder):
         load_checkpoint(canonical_folder)
 
 
+def test_file_inside_folder_opens_folder(canonical_folder):
+    assert load_checkpoint(canonical_folder / "model.safetensors").format == "canonical"
+
+
+def test_pytorch_bin_rejected(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 60)
+
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: PyTorch pickle weights are only read as Meta"):
+        load_checkpoint(path)
+
+
 def test_missing_path_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="absent: file or folder not found"):
         load_checkpoint(tmp_path / "absent")

@@ -9,7 +9,8 @@
                                                      else Hugging Face LlamaForCausalLM (hf_reader)
     *.bin, or a file starting with the "ak42" magic  llama2.c, legacy or version 1 (llama2c_reader)
 
-A path to params.json, config.json or a consolidated.NN.pth file opens its folder.
+A path to a file inside a folder checkpoint (params.json, config.json, a .pth shard, a
+.safetensors file or the shard index) opens its folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from weights_tools.checkpoint import Checkpoint
 from weights_tools.errors import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
+ZIP_MAGIC = b"PK\x03\x04"
 
 FORMATS = ("gguf", "meta", "hf", "canonical", "llama2c")
 
@@ -42,12 +44,19 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise CheckpointError(path, "file or folder not found; pass an existing checkpoint path")
     if path.is_file():
-        if path.suffix == ".gguf" or _read_magic(path) == GGUF_MAGIC:
+        magic = _read_magic(path)
+        if path.suffix == ".gguf" or magic == GGUF_MAGIC:
             return "gguf"
+        if _is_inside_folder_checkpoint(path):
+            return detect_format(path.parent)
+        if magic == ZIP_MAGIC:
+            raise CheckpointError(
+                path,
+                "PyTorch pickle weights are only read as Meta consolidated.NN.pth shards; "
+                "save Hugging Face models with safetensors (save_pretrained's default)",
+            )
         if llama2c_reader.is_llama2c_file(path):
             return "llama2c"
-        if path.name in ("params.json", "config.json") or path.suffix == ".pth":
-            return detect_format(path.parent)
         raise CheckpointError(
             path, "unrecognized checkpoint file; expected a .gguf file or a llama2.c .bin file"
         )
@@ -70,10 +79,18 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
+def _is_inside_folder_checkpoint(path: Path) -> bool:
+    return (
+        path.name in ("params.json", "config.json")
+        or path.suffix in (".pth", ".safetensors")
+        or path.name.endswith(".safetensors.index.json")
+    )
+
+
 def checkpoint_root(path: str | os.PathLike) -> Path:
     """Return the file or folder a reader opens: the folder for a path inside a folder checkpoint."""
     path = Path(path)
-    if path.is_file() and (path.name in ("params.json", "config.json") or path.suffix == ".pth"):
+    if path.is_file() and _is_inside_folder_checkpoint(path):
         return path.parent
     return path
 

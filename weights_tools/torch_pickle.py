@@ -148,7 +148,7 @@ class TorchArchive:
         except (OSError, EOFError, zipfile.LargeZipFile) as exc:
             raise CheckpointError(self.path, f"cannot read the zip archive: {exc}") from None
         if byteorder != "little":
-            raise CheckpointError(self.path, f"storages are {byteorder}-endian; only little-endian is supported", "byteorder")
+            raise CheckpointError(self.path, f"storages are {byteorder}-endian, but only little-endian is supported", "byteorder")
 
         self._file_size = self.path.stat().st_size
         self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r") if self._file_size else None
@@ -165,7 +165,9 @@ class TorchArchive:
             state = SafeTorchUnpickler(io.BytesIO(pickle_bytes), self.path).load()
         except CheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        except (
+            pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError
+        ) as exc:
             raise CheckpointError(self.path, f"malformed pickle ({type(exc).__name__}: {exc})", "data.pkl") from None
         if not isinstance(state, dict):
             raise CheckpointError(self.path, f"the pickle contains a {type(state).__name__}, expected a state dict", "data.pkl")
