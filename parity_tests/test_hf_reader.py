@@ -7,6 +7,8 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from numpy_llama.model import Llama, rope_frequencies
 from parity_tests.checkpoint_writers import hf_logits, random_hf_model
@@ -37,6 +39,20 @@ def test_rope_permutation_round_trip():
     np.testing.assert_array_equal(rotate_half_to_interleaved(hf, n_heads), weight)
     # At head_dim >= 8 the permutation is not its own inverse, so applying the wrong one is caught.
     assert not np.array_equal(rotate_half_to_interleaved(weight, n_heads), hf)
+
+
+@given(n_heads=st.integers(1, 4), half_head_dim=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_rope_permutation_pairs_property(n_heads, half_head_dim, seed):
+    head_dim = 2 * half_head_dim
+    weight = np.random.default_rng(seed).standard_normal((n_heads * head_dim, 3))
+    hf = interleaved_to_rotate_half(weight, n_heads)
+
+    for head in range(n_heads):
+        base = head * head_dim
+        for pair in range(half_head_dim):
+            np.testing.assert_array_equal(hf[base + pair], weight[base + 2 * pair])
+            np.testing.assert_array_equal(hf[base + half_head_dim + pair], weight[base + 2 * pair + 1])
+    np.testing.assert_array_equal(rotate_half_to_interleaved(hf, n_heads), weight)
 
 
 def test_llama3_frequencies_match_meta_bands():
