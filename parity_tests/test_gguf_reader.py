@@ -72,6 +72,7 @@ def test_k_quant_rows_keep_their_order(tmp_path, tensor_type):
     expected = np.stack([gguf.quants.dequantize(row, qtype) for row in blocks])
     assert checkpoint.infos[name].stored_type == tensor_type
     assert checkpoint[name].shape == (256, 512)
+    assert np.all(np.isfinite(expected))
     np.testing.assert_array_equal(checkpoint[name], expected.astype(np.float32))
 
 
