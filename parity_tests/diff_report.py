@@ -10,7 +10,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from parity_tests.diff import DiffResult, DiffRow
+import numpy as np
+
+from parity_tests.diff import BASE_RTOL, DiffResult, DiffRow
 from weights_tools.trace_format import LAYER_KINDS
 
 HEADER = ("", "trace point", "shape", "max_abs", "max_rel", "cosine", "nmse", "bound", "result")
@@ -31,7 +33,7 @@ def _cells(row: DiffRow, first: DiffRow | None) -> tuple[str, ...]:
         shape,
         f"{m.max_abs:.3e}",
         f"{m.max_rel:.3e}",
-        f"{m.cosine:.7f}",
+        f"{m.cosine:.9f}",
         f"{m.nmse:.3e}",
         f"{row.bound:.2e}",
         result,
@@ -79,8 +81,9 @@ def render_plot_png(results: Sequence[DiffResult]) -> bytes:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(len(results), 1, figsize=(10, 4.5 * len(results)), squeeze=False)
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
     for axis, result in zip(axes[:, 0], results):
-        for kind in LAYER_KINDS:
+        for index, kind in enumerate(LAYER_KINDS):
             points = [
                 (row.layer, _scaled_error(row))
                 for row in result.rows
@@ -88,7 +91,9 @@ def render_plot_png(results: Sequence[DiffResult]) -> bytes:
             ]
             if points:
                 layers, errors = zip(*points)
-                axis.plot(layers, errors, marker=".", label=kind)
+                axis.plot(layers, errors, marker=".", label=kind, color=colors[index % len(colors)])
+        # attn_probs have an absolute bound, so this line is exact for every other kind only.
+        axis.axhline(BASE_RTOL[result.dtype], color="black", linestyle=":", linewidth=1, label="tolerance")
         first = result.first_failure
         if first is not None and first.layer is not None:
             axis.axvline(first.layer, color="red", linestyle="--", linewidth=1, label=f"first failure: {first.name}")
