@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= test,tf
+# convert-test brings torch (CPU) and transformers, the real producers of .pth and
+# Hugging Face files that the reader tests compare against.
+EXTRAS ?= test,tf,convert-test
 PROMPT ?= Once upon a time, in a quiet village by the sea,
 DEMO_TOKENS ?= 48
 

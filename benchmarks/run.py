@@ -149,21 +149,22 @@ def bench_tensorflow(model_path: str) -> dict:
 
 
 def bench_transformers(model_path: str) -> dict:
-    import torch
+    import tempfile
 
-    from weights_tools.hf_writer import hf_state_dict, hf_config_dict
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from weights_tools.convert import write_hf
     from weights_tools.loader import load_checkpoint
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(os.cpu_count() or 1)
-    start = time.perf_counter()
     checkpoint = load_checkpoint(model_path)
-    config = LlamaConfig(**hf_config_dict(checkpoint.config))
-    model = LlamaForCausalLM(config).eval()
-    state = {name: torch.from_numpy(array) for name, array in hf_state_dict(checkpoint).items()}
-    model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    load_seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as folder:
+        # The same dequantized float32 weights, in the Hugging Face layout.
+        write_hf(checkpoint, Path(folder), progress=False)
+        start = time.perf_counter()
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        load_seconds = time.perf_counter() - start
     prompt, prefill = token_ids(checkpoint.config.vocab_size)
 
     with torch.inference_mode():
