@@ -53,9 +53,9 @@ class Tolerance:
 BASE_RTOL = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2e-1}
 
 # Kinds bounded differently. The bound scales with each tensor's own peak, which already
-# absorbs kinds of large magnitude: attn_scores (peaks up to 28 in SmolLM2-135M) and
-# logits measured no worse than the rest (float32 2.9e-6 and 3.0e-6, float16 6.1e-3 and
-# 3.7e-3), so they keep the base. attn_probs lie in [0, 1] and matter in absolute terms
+# absorbs kinds of large magnitude such as attn_scores (peaks up to 28 in SmolLM2-135M).
+# attn_scores and logits measured no worse than the rest (float32 2.9e-6 and 3.0e-6,
+# float16 6.1e-3 and 3.7e-3), so they keep the base. attn_probs lie in [0, 1] and matter in absolute terms
 # (a probability off by 0.05 is off by 0.05 whatever the row's peak), so their bound is
 # absolute: the base value, against a measured 4.2e-6 (float32) and 7.1e-3 (float16).
 ABSOLUTE_KINDS = ("attn_probs",)
@@ -101,11 +101,19 @@ def compute_metrics(candidate: np.ndarray, reference: np.ndarray) -> Metrics:
     peak = float(np.max(np.abs(r)))
     considered = np.abs(r) >= REL_FLOOR * peak
     max_rel = float(np.max(diff[considered] / np.abs(r[considered]))) if peak > 0 and considered.any() else 0.0
+    # Two all-zero arrays are identical, so they get cosine 1 and nmse 0.
     norms = float(np.linalg.norm(c) * np.linalg.norm(r))
-    cosine = float(np.dot(c, r) / norms) if norms > 0 else (1.0 if not diff.any() else 0.0)
+    identical = not diff.any()
+    if norms > 0:
+        cosine = float(np.dot(c, r) / norms)
+    else:
+        cosine = 1.0 if identical else 0.0
     energy = float(np.sum(r * r))
     squared_error = float(np.sum(diff * diff))
-    nmse = squared_error / energy if energy > 0 else (0.0 if squared_error == 0 else math.inf)
+    if energy > 0:
+        nmse = squared_error / energy
+    else:
+        nmse = 0.0 if identical else math.inf
     return Metrics(float(np.max(diff)), max_rel, cosine, nmse, peak, mismatched)
 
 
@@ -256,9 +264,11 @@ def _diagnose_rope_layout(result: DiffResult, layer: int) -> str | None:
 
 
 def tile_head_order(n_heads: int, n_kv_heads: int) -> np.ndarray:
-    """Return order such that head order[h] under tile grouping reads the KV head repeat grouping gives head h.
+    """Return the head permutation that maps tile-grouped heads back to repeat-grouped ones.
 
-    Repeat grouping gives query head h the KV head h // n_rep, tile grouping gives it h % K.
+    Repeat grouping gives query head h the KV head h // n_rep, and tile grouping gives it
+    h % K. Head order[h] of a tile-grouped output reads the same KV head as head h does
+    under repeat grouping.
     """
     n_rep = n_heads // n_kv_heads
     heads = np.arange(n_heads)

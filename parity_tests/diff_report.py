@@ -129,7 +129,12 @@ def _html_table(result: DiffResult) -> str:
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in HEADER)
     body = []
     for row in result.rows:
-        css = "first" if row is first else ("fail" if row.failed else ("absent" if row.status == "absent" else "pass"))
+        if row is first:
+            css = "first"
+        elif row.failed:
+            css = "fail"
+        else:
+            css = row.status
         cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in _cells(row, first))
         body.append(f'<tr class="{css}">{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

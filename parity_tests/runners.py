@@ -54,7 +54,7 @@ def run_keras(
     checkpoint: Checkpoint, prompt_ids: Sequence[int], dtype: str = "float32",
     selection: TraceSelection | None = None, model_name: str = "",
 ) -> TraceDump:
-    """Trace one tf_llama prefill of prompt_ids (eager, so the tracer sees every activation)."""
+    """Trace one tf_llama prefill of prompt_ids; forward runs eagerly, so every trace point fires."""
     # TensorFlow's C++ start-up lines would bury the table; keep its warnings and errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:

@@ -180,7 +180,9 @@ def test_write_dump_failure_leaves_no_file(tiny, tmp_path):
 def test_metrics_ignore_shared_mask_and_flag_nonfinite():
     reference = np.array([[1.0, -np.inf], [0.5, 2.0]], dtype=np.float32)
     same = compute_metrics(reference.copy(), reference)
-    assert same.max_abs == 0 and same.cosine == pytest.approx(1.0) and same.mismatched_nonfinite == 0
+    assert same.max_abs == 0
+    assert same.cosine == pytest.approx(1.0)
+    assert same.mismatched_nonfinite == 0
 
     candidate = reference.copy()
     candidate[1, 0] = np.nan
@@ -225,8 +227,9 @@ def test_report_html_and_plot(tiny, tmp_path):
     assert png.startswith(b"\x89PNG")
     page = render_html([result], png)
     assert "data:image/png;base64," + base64.b64encode(png).decode("ascii")[:40] in page
-    assert 'class="first"' in page and "layers.1.ffn_up" in page
-    assert "<script" not in page and "http" not in page
+    assert '<tr class="first"><td>&gt;&gt;</td><td>layers.1.ffn_up</td>' in page
+    assert "<script" not in page
+    assert "http" not in page
 
 
 def test_diff_cli_report_plot_and_filter(tiny, tmp_path, capsys):
@@ -261,7 +264,8 @@ def test_diff_cli_errors_are_one_line(tiny, tmp_path, capsys, argv, message):
     argv = [arg.format(a=dump, out=tmp_path / "out.safetensors") for arg in argv]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    assert err.startswith("error: ")
+    assert "\n" not in err
     assert message in err
     assert not (tmp_path / "out.safetensors").exists()
 

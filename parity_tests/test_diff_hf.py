@@ -103,5 +103,6 @@ def test_dump_hf_rejects_missing_folder(tmp_path, capsys):
     code = cli.main(["dump-hf", "--hf-model", str(tmp_path / "absent"), "--prompt-ids", "1,2", "--out", str(tmp_path / "x.safetensors")])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "config.json is missing" in err
+    assert err.startswith("error: ")
+    assert "config.json is missing" in err
     assert not (tmp_path / "x.safetensors").exists()

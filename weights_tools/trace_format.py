@@ -158,7 +158,7 @@ def parse_layers(spec: str) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class TraceSelection:
-    """Which trace points to record or compare.
+    """A selection of the trace points to record or compare.
 
     patterns: fnmatch globs matched against the whole name (e.g. 'layers.*.q_rope',
     '*attn*'), or regular expressions written 're:PATTERN' and matched with re.search.
