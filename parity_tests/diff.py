@@ -303,7 +303,7 @@ def _diagnose_gqa_order(result: DiffResult, layer: int) -> str | None:
 
     # Same heads in another order: an implementation that also groups its query heads by tile.
     heads_name = prefix + "attn_heads"
-    if heads_name in failing and heads_name in candidate:
+    if "attn_heads" in failing and heads_name in candidate:
         q_name = prefix + "q"
         k_name = prefix + "k"
         if q_name in reference and k_name in reference:

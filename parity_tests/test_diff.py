@@ -288,3 +288,19 @@ def test_smollm2_numpy_against_keras(smollm2_path, tmp_path, capsys):
     assert "tf_llama vs numpy_llama (float32 tolerance): all 513 compared trace points pass" in output
     assert read_dump(tmp_path / "run.numpy_llama.safetensors").implementation == "numpy_llama"
     assert read_dump(tmp_path / "run.tf_llama.safetensors").implementation == "tf_llama"
+
+
+def test_heads_in_tile_order_are_diagnosed(tiny):
+    from parity_tests.diff import tile_head_order
+
+    reference = trace_forward(tiny, PROMPT_IDS)
+    candidate = trace_forward(tiny, PROMPT_IDS)
+    name = "layers.1.attn_heads"
+    heads = reference.activations[name].reshape(1, len(PROMPT_IDS), 4, 8)
+    # Candidate head order[h] holds reference head h: the output a tile-grouped model gives.
+    inverse = np.argsort(tile_head_order(4, 2))
+    candidate.activations[name] = heads[:, :, inverse].reshape(1, len(PROMPT_IDS), 32)
+
+    result = compare_dumps(reference, candidate)
+    assert result.first_failure.name == name
+    assert any("reordering heads as tile instead of repeat" in finding for finding in result.findings), result.findings
