@@ -16,6 +16,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -132,13 +133,18 @@ class TorchArchive:
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(self.path, "file not found")
+        self._file_size = self.path.stat().st_size
         try:
             with zipfile.ZipFile(self.path) as archive:
                 self._entries = {info.filename: info for info in archive.infolist()}
                 self._prefix = self._find_prefix()
-                pickle_bytes = archive.read(f"{self._prefix}data.pkl")
+                pickle_bytes = self._read_entry(archive, f"{self._prefix}data.pkl")
                 byteorder_name = f"{self._prefix}byteorder"
-                byteorder = archive.read(byteorder_name).decode() if byteorder_name in self._entries else "little"
+                byteorder = (
+                    self._read_entry(archive, byteorder_name).decode("ascii", "replace")
+                    if byteorder_name in self._entries
+                    else "little"
+                )
         except zipfile.BadZipFile as exc:
             raise CheckpointError(
                 self.path,
@@ -150,7 +156,6 @@ class TorchArchive:
         if byteorder != "little":
             raise CheckpointError(self.path, f"storages are {byteorder}-endian, but only little-endian is supported", "byteorder")
 
-        self._file_size = self.path.stat().st_size
         self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r") if self._file_size else None
         self.state_dict = self._unpickle(pickle_bytes)
 
@@ -160,7 +165,31 @@ class TorchArchive:
             raise CheckpointError(self.path, "no <name>/data.pkl entry, so this is not a torch.save archive", "data.pkl")
         return pickles[0][: -len("data.pkl")]
 
+    def _read_entry(self, archive: zipfile.ZipFile, name: str) -> bytes:
+        # A stored entry cannot be larger than the archive, and a compressed one that claims
+        # to be is a zip bomb, so the check bounds what decompression can allocate.
+        size = self._entries[name].file_size
+        if size > self._file_size:
+            raise CheckpointError(
+                self.path, f"zip entry claims {size} bytes, more than the {self._file_size}-byte archive", name
+            )
+        return archive.read(name)
+
+    def _check_opcodes(self, pickle_bytes: bytes) -> None:
+        """Parse the pickle's opcodes without running them, rejecting length fields that overrun the data.
+
+        The C unpickler allocates a BINBYTES8 or BYTEARRAY8 buffer of the declared length
+        before reading it, so a 13-byte pickle can request 1 TiB. pickletools reads from a
+        BytesIO, which returns only the bytes present.
+        """
+        try:
+            for _ in pickletools.genops(pickle_bytes):
+                pass
+        except ValueError as exc:
+            raise CheckpointError(self.path, f"malformed pickle ({exc})", "data.pkl") from None
+
     def _unpickle(self, pickle_bytes: bytes) -> dict[str, TensorRef]:
+        self._check_opcodes(pickle_bytes)
         try:
             state = SafeTorchUnpickler(io.BytesIO(pickle_bytes), self.path).load()
         except CheckpointError:
