@@ -66,12 +66,16 @@ _VERSION1_LAYER_ORDER = (
 
 
 def is_llama2c_file(path: Path) -> bool:
-    """Return True for a version 1 magic, or a .bin whose legacy header sizes match the file."""
+    """Return True for a version 1 magic or any .bin file.
+
+    A .bin file too short for a header is still claimed, so load_llama2c can report it
+    as truncated instead of the loader calling it an unknown format.
+    """
     with path.open("rb") as handle:
         head = handle.read(VERSION1_PREFIX.size)
     if len(head) >= 4 and struct.unpack("<I", head[:4])[0] == VERSION1_MAGIC:
         return True
-    return path.suffix == ".bin" and len(head) >= LEGACY_HEADER.size
+    return path.suffix == ".bin"
 
 
 def read_header(path: Path, data: np.ndarray) -> tuple[ModelConfig, bool, int, str]:
