@@ -348,9 +348,10 @@ class Llama:
                 for i in range(config.n_layers)
             ]
         self.layers = layers
-        self.rope_cos, self.rope_sin = rope_table(
-            config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling
-        )
+        # The RoPE table grows on demand (see rope_rows): max_seq_len comes from the
+        # checkpoint file, and a hostile 2**31 - 1 would otherwise allocate 64 GiB here.
+        self.rope_cos = np.zeros((0, config.head_dim // 2), np.float32)
+        self.rope_sin = self.rope_cos
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, dtype=np.float32, stream_layers: bool = False) -> "Llama":
@@ -368,6 +369,19 @@ class Llama:
     def new_cache(self, batch: int = 1, max_seq_len: int | None = None) -> KVCache:
         """Allocate an empty KV cache for `batch` sequences of up to max_seq_len positions."""
         return KVCache.allocate(self.config, batch, max_seq_len, dtype=self.dtype)
+
+    def rope_rows(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the RoPE cos and sin rows [end - start, Hd/2] of positions start .. end-1.
+
+        The table is recomputed at least twice as long when `end` passes its length, capped
+        at max_seq_len. Its rows do not depend on its length, so results are the same as
+        with a table built for every position up front.
+        """
+        if end > len(self.rope_cos):
+            config = self.config
+            length = min(max(end, 2 * len(self.rope_cos), 256), config.max_seq_len)
+            self.rope_cos, self.rope_sin = rope_table(config.head_dim, length, config.rope_theta, config.rope_scaling)
+        return self.rope_cos[start:end], self.rope_sin[start:end]
 
     def forward(
         self,
@@ -403,8 +417,7 @@ class Llama:
         if tracer is not None:
             tracer("embed", h)
 
-        cos = self.rope_cos[start_pos : start_pos + seq_len]
-        sin = self.rope_sin[start_pos : start_pos + seq_len]
+        cos, sin = self.rope_rows(start_pos, start_pos + seq_len)
         for i, layer in enumerate(self.layers):
             h = transformer_block(
                 h, layer, self.config, cos, sin, cache.k[i], cache.v[i], start_pos, tracer, f"layers.{i}."
