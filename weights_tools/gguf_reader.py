@@ -84,11 +84,23 @@ def _check_header(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(path, "not a regular file")
     with path.open("rb") as handle:
-        magic = handle.read(4)
+        header = handle.read(8)
+    magic = header[:4]
     if magic != GGUF_MAGIC:
         raise CheckpointError(
             path, f"not a GGUF file: the first bytes are {magic!r}, expected {GGUF_MAGIC!r}", "magic"
         )
+    if len(header) == 8:
+        from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
+
+        (version,) = struct.unpack("<I", header[4:])
+        if version & 0xFFFF == 0:  # a big-endian file, detected the way gguf's reader does
+            (version,) = struct.unpack(">I", header[4:])
+        if version not in READER_SUPPORTED_VERSIONS:
+            supported = " and ".join(str(v) for v in READER_SUPPORTED_VERSIONS)
+            raise CheckpointError(
+                path, f"GGUF version {version} is not supported; the gguf package reads versions {supported}", "version"
+            )
 
 
 def _reader_class() -> type:
