@@ -167,11 +167,13 @@ def load_llama2c(path: str | os.PathLike) -> Checkpoint:
     entries = tensor_layout(config, layout, shared_classifier)
     expected_bytes = offset + 4 * sum(int(np.prod(shape)) for _, shape in entries)
     if data.size != expected_bytes:
-        problem = "truncated" if data.size < expected_bytes else "has trailing bytes"
+        problem = "file is truncated" if data.size < expected_bytes else "file has trailing bytes"
+        header = (
+            f"dim={config.dim}, hidden_dim={config.hidden_dim}, n_layers={config.n_layers}, n_heads={config.n_heads}, "
+            f"n_kv_heads={config.n_kv_heads}, vocab_size={config.vocab_size}, seq_len={config.max_seq_len}"
+        )
         raise CheckpointError(
-            path,
-            f"file is {problem}: {data.size} bytes, but the header ({config}) implies {expected_bytes}",
-            "header",
+            path, f"{problem}: {data.size} bytes, but the header ({header}) implies {expected_bytes}", "header"
         )
 
     arrays: dict[str, np.ndarray] = {}
