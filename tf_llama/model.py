@@ -203,7 +203,7 @@ class LlamaModel(keras.Model):
         """
         tokens = tf.convert_to_tensor(tokens)
         if caches is None:
-            caches = (None,) * self.config.n_layers
+            caches = ((None, None),) * self.config.n_layers
 
         h = tf.gather(self.tok_embeddings, tokens)
         emit(tracer, "embed", h)
