@@ -40,7 +40,7 @@ def test_rope_preserves_pair_norms(case):
     seed=strategies.seeds,
 )
 def test_rope_dot_depends_on_offset(head_dim, positions, shift, rope_theta, rope_scaling, seed):
-    """q(m) . k(n) after RoPE equals q(m + s) . k(n + s): attention sees only the offset m - n."""
+    """q(m) . k(n) after RoPE equals q(m + s) . k(n + s): so scores depend only on the offset m - n."""
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((1, 1, 1, head_dim)).astype(np.float32)
     k = rng.standard_normal((1, 1, 1, head_dim)).astype(np.float32)

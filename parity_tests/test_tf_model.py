@@ -109,7 +109,7 @@ def test_forward_cache_decode_matches_prefill(tf_model):
 
 
 def test_forward_rejects_bad_positions(tf_model):
-    with pytest.raises(ValueError, match="needs the KV cache"):
+    with pytest.raises(ValueError, match="requires the KV cache"):
         tf_model.forward(np.array([[1]]), start_pos=2)
     with pytest.raises(ValueError, match="do not fit the KV cache"):
         tf_model.forward(np.array([[1, 2]]), start_pos=3, cache=tf_model.new_cache(1, 4))

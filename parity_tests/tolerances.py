@@ -4,11 +4,10 @@ A candidate c passes against the reference r when every element satisfies
 
     |c - r| <= atol + rtol * max|r|
 
-The bound scales with the tensor's peak magnitude, not each element's, because two
-correct implementations differ by rounding that is proportional to the size of the
-values they sum, and an element near zero can be the small difference of large ones
-(a rotated pair, a residual sum, a dot product). A per-element relative bound would then
-fail correct code. Every comparison still reports the per-element relative error.
+The bound scales with the tensor's peak magnitude, not each element's. Two correct
+implementations differ by rounding proportional to the size of the values they sum, and
+an element near zero can be the small difference of large ones (a rotated pair, a
+residual sum, a dot product), so a per-element relative bound would fail correct code. Every comparison still reports the per-element relative error.
 
 What each dtype's reference is (see parity_tests.harness.SpecReference):
     float32   the spec run in float32.

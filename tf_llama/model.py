@@ -23,8 +23,8 @@ activations, under the same names and shapes as numpy_llama: `embed`,
 `logits`. The tracer only runs in eager mode (forward always runs eagerly); inside
 tf.function it is ignored, and tracer=None costs nothing.
 
-Dtypes: weights and activations are in the compute dtype; RMSNorm, RoPE and the attention
-softmax run in float32 and cast back (see tf_llama.layers); logits are returned as float32.
+Dtypes: weights and activations are in the compute dtype. RMSNorm, RoPE and the attention
+softmax run in float32 and cast back (see tf_llama.layers). Logits are returned as float32.
 """
 
 from __future__ import annotations
@@ -228,8 +228,8 @@ class LlamaModel(keras.Model):
                 tracer: Tracer | None = None) -> np.ndarray:
         """Run tokens [B, S] or [S] eagerly and return float32 NumPy logits [B, S, V].
 
-        Mirrors numpy_llama's Llama.forward: `cache` (from new_cache) holds earlier
-        positions and is updated in place; without one, start_pos must be 0.
+        Mirrors numpy_llama's Llama.forward. `cache` (from new_cache) contains the keys and
+        values of earlier positions and is updated in place. Without one, start_pos must be 0.
         """
         tokens = np.asarray(tokens)
         if tokens.ndim == 1:
@@ -237,10 +237,13 @@ class LlamaModel(keras.Model):
         batch, seq_len = tokens.shape
         if cache is None:
             if start_pos != 0:
-                raise ValueError("start_pos > 0 needs the KV cache that holds the earlier positions")
+                raise ValueError("start_pos > 0 requires the KV cache of the earlier positions; pass cache=")
             cache = self.new_cache(batch, seq_len)
         if cache.batch != batch:
-            raise ValueError(f"the KV cache holds {cache.batch} sequences but tokens has {batch} rows")
+            raise ValueError(
+                f"the KV cache has batch size {cache.batch} but tokens has {batch} rows; "
+                f"allocate it with new_cache(batch={batch})"
+            )
         if start_pos + seq_len > cache.max_seq_len:
             raise ValueError(
                 f"positions up to {start_pos + seq_len} do not fit the KV cache of {cache.max_seq_len} positions"
