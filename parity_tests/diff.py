@@ -4,14 +4,14 @@
 reference, in execution order, with these metrics over the elements both arrays hold:
 
     max_abs   max |c - r|
-    max_rel   max |c - r| / |r| over elements with |r| >= REL_FLOOR * max|r|, because
+    max_rel   max |c - r| / |r| over elements with |r| >= 1e-3 * max|r|, because
               near-zero elements would turn rounding noise into huge ratios
     cosine    <c, r> / (|c| |r|) over the flattened arrays
     nmse      sum (c - r)^2 / sum r^2
 
-Entries that are -inf in both arrays (the causal mask in attn_scores) are left out.
-A row passes when max_abs <= tolerance.bound(max|r|) and both arrays are finite at the
-same places. `diagnose` then looks for known bug signatures (RoPE layout, GQA head
+Entries that are the same inf in both arrays (the causal mask in attn_scores) are left
+out. A row passes when max_abs <= atol + rtol * max|r| (tolerance_for) and both arrays
+are finite at the same places. `diagnose` then looks for known bug signatures (RoPE layout, GQA head
 order, RMSNorm eps, overflow) and returns plain-sentence findings.
 """
 
@@ -22,58 +22,54 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from parity_tests.compare import compare
+from parity_tests.tolerances import MODEL_TOLERANCES, Tolerance
 from weights_tools.errors import LlamaParityError
 from weights_tools.trace_format import COMPUTE_DTYPES, TraceDump, layer_of, split_name
 
-REL_FLOOR = 1e-3
+# Activation tolerances reuse the whole-model bounds of parity_tests.tolerances, because
+# every trace point after the first block carries the rounding differences of all the
+# blocks before it. Measured worst max|c - r| / max|r| over all 513 trace points of
+# numpy_llama against tf_llama on SmolLM2-135M (both in the same dtype, prompts of 5, 8,
+# 10 and 15 tokens, 2-core x86):
+#   float32: 6.8e-6 (attn_heads), inside the model bound 1e-5 + 1e-4 * peak (15x).
+#   float16: 1.6e-2 (layers.12.attn_heads, 15 tokens), too close to the model bound of
+#     2e-2, which was measured on logits only. 5e-2 leaves 3x.
+#   bfloat16: not measured here, because numpy_llama cannot run bfloat16. The model
+#     bound (against the float32 spec, 4x its measured 3.8e-2) is used.
+ACTIVATION_TOLERANCES: dict[str, Tolerance] = {
+    "float32": MODEL_TOLERANCES["float32"],
+    "float16": Tolerance(
+        rtol=5e-2,
+        atol=1e-3,
+        reason="numpy_llama and tf_llama both round every activation to float16 (u = 4.9e-4) at "
+        "different points, and the difference grows through 30 blocks; 3x the measured 1.6e-2",
+    ),
+    "bfloat16": MODEL_TOLERANCES["bfloat16"],
+}
 
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Bound on max |c - r| for one activation kind: rtol * max|r| + atol."""
-
-    rtol: float
-    atol: float = 0.0
-
-    def bound(self, peak: float) -> float:
-        return self.rtol * peak + self.atol
-
-
-# Base tolerance per compute dtype: the bound on max |c - r| / max|r|. Two correct
-# implementations round differently (BLAS vs Eigen summation order, where a cast happens),
-# and the difference grows through the residual stream. Measured worst ratio over all
-# trace points, numpy_llama vs tf_llama on SmolLM2-135M with a 10-token prompt
-# (`llama-parity diff --prompt-ids 1,504,3458,282,4649,314,12,33,4444,211`, 2-core x86):
-#   float32: 6.8e-6 (attn_heads). 1e-4 leaves a 15x margin, while a 1% change (a wrong
-#     eps or RoPE layout) still fails by two orders of magnitude.
-#   float16: 1.3e-2 (layers.10.ffn_out), 8.5e-3 for every other kind. 5e-2 leaves 4x.
-#   bfloat16: an estimate, not measured, because numpy_llama cannot run bfloat16.
-#     Its unit roundoff is 8x float16's (8 significand bits instead of 11); the float16
-#     bound already has a 4x margin, so 4x the float16 bound.
-BASE_RTOL = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2e-1}
-
-# Kinds bounded differently. The bound scales with each tensor's own peak, which already
-# absorbs kinds of large magnitude such as attn_scores (peaks up to 28 in SmolLM2-135M).
-# attn_scores and logits measured no worse than the rest (float32 2.9e-6 and 3.0e-6,
-# float16 6.1e-3 and 3.7e-3), so they keep the base. attn_probs lie in [0, 1] and matter in absolute terms
-# (a probability off by 0.05 is off by 0.05 whatever the row's peak), so their bound is
-# absolute: the base value, against a measured 4.2e-6 (float32) and 7.1e-3 (float16).
+# attn_probs lie in [0, 1] and matter in absolute terms (a probability off by 0.05 is
+# off by 0.05 whatever the row's peak), so their bound is absolute: atol + rtol of the
+# dtype, against a measured 4.2e-6 (float32) and 1.0e-2 (float16). Every other kind uses
+# the peak-relative bound, which already scales with the kind's magnitude. attn_scores
+# (peaks up to 28 in SmolLM2-135M) and logits measured no worse than the rest (float32
+# 2.9e-6 and 3.0e-6, float16 6.1e-3 and 3.7e-3).
 ABSOLUTE_KINDS = ("attn_probs",)
 
 
 def tolerance_for(kind: str, dtype: str) -> Tolerance:
     """Return the tolerance for one activation kind at one compute dtype."""
-    if dtype not in BASE_RTOL:
+    if dtype not in ACTIVATION_TOLERANCES:
         raise LlamaParityError(f"no tolerance for dtype {dtype!r}; use one of {', '.join(COMPUTE_DTYPES)}")
-    rtol = BASE_RTOL[dtype]
+    base = ACTIVATION_TOLERANCES[dtype]
     if kind in ABSOLUTE_KINDS:
-        return Tolerance(rtol=0.0, atol=rtol)
-    return Tolerance(rtol=rtol)
+        return Tolerance(rtol=0.0, atol=base.atol + base.rtol, reason=f"absolute bound for {kind}")
+    return base
 
 
 def looser_dtype(first: str, second: str) -> str:
     """Return the less precise of two compute dtypes, whose tolerance a comparison uses."""
-    return max(first, second, key=lambda name: BASE_RTOL[name])
+    return max(first, second, key=lambda name: ACTIVATION_TOLERANCES[name].rtol)
 
 
 @dataclass
@@ -87,34 +83,34 @@ class Metrics:
 
 
 def compute_metrics(candidate: np.ndarray, reference: np.ndarray) -> Metrics:
-    """Compute the error metrics of candidate against reference (same shape, float32)."""
+    """Compute the error metrics of candidate against reference (same shape).
+
+    max_abs, max_rel, peak and the non-finite count come from parity_tests.compare;
+    cosine and nmse are taken over the elements finite in both arrays.
+    """
+    # The masked -inf entries of attn_scores make compare's c - r NaN before it drops them.
+    with np.errstate(invalid="ignore"):
+        comparison = compare(candidate, reference)
     c = candidate.astype(np.float64).ravel()
     r = reference.astype(np.float64).ravel()
-    both_masked = np.isneginf(c) & np.isneginf(r)
     finite = np.isfinite(c) & np.isfinite(r)
-    mismatched = int(np.count_nonzero(~finite & ~both_masked))
     c, r = c[finite], r[finite]
-    if c.size == 0:
-        return Metrics(0.0, 0.0, 1.0, 0.0, 0.0, mismatched)
 
-    diff = np.abs(c - r)
-    peak = float(np.max(np.abs(r)))
-    considered = np.abs(r) >= REL_FLOOR * peak
-    max_rel = float(np.max(diff[considered] / np.abs(r[considered]))) if peak > 0 and considered.any() else 0.0
     # Two all-zero arrays are identical, so they get cosine 1 and nmse 0.
+    squared_error = float(np.sum((c - r) ** 2))
     norms = float(np.linalg.norm(c) * np.linalg.norm(r))
-    identical = not diff.any()
     if norms > 0:
         cosine = float(np.dot(c, r) / norms)
     else:
-        cosine = 1.0 if identical else 0.0
+        cosine = 1.0 if squared_error == 0 else 0.0
     energy = float(np.sum(r * r))
-    squared_error = float(np.sum(diff * diff))
     if energy > 0:
         nmse = squared_error / energy
     else:
-        nmse = 0.0 if identical else math.inf
-    return Metrics(float(np.max(diff)), max_rel, cosine, nmse, peak, mismatched)
+        nmse = 0.0 if squared_error == 0 else math.inf
+    return Metrics(
+        comparison.max_abs, comparison.max_rel, cosine, nmse, comparison.peak, comparison.nonfinite_mismatches
+    )
 
 
 @dataclass

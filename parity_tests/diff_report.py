@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parity_tests.diff import BASE_RTOL, DiffResult, DiffRow
+from parity_tests.diff import DiffResult, DiffRow, tolerance_for
 from weights_tools.trace_format import LAYER_KINDS
 
 HEADER = ("", "trace point", "shape", "max_abs", "max_rel", "cosine", "nmse", "bound", "result")
@@ -92,8 +92,9 @@ def render_plot_png(results: Sequence[DiffResult]) -> bytes:
             if points:
                 layers, errors = zip(*points)
                 axis.plot(layers, errors, marker=".", label=kind, color=colors[index % len(colors)])
-        # attn_probs have an absolute bound, so this line is exact for every other kind only.
-        axis.axhline(BASE_RTOL[result.dtype], color="black", linestyle=":", linewidth=1, label="tolerance")
+        # Only the rtol part of the bound is drawn; atol and attn_probs' absolute bound are not.
+        rtol = tolerance_for("resid_post", result.dtype).rtol
+        axis.axhline(rtol, color="black", linestyle=":", linewidth=1, label="tolerance (rtol)")
         first = result.first_failure
         if first is not None and first.layer is not None:
             axis.axvline(first.layer, color="red", linestyle="--", linewidth=1, label=f"first failure: {first.name}")
