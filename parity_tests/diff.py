@@ -157,9 +157,14 @@ def check_same_prompt(reference: TraceDump, candidate: TraceDump) -> None:
     """Raise LlamaParityError when two dumps did not run the same prompt token ids."""
     if list(reference.prompt_ids) != list(candidate.prompt_ids):
         raise LlamaParityError(
-            f"{candidate.label} ran prompt ids {candidate.prompt_ids[:8]}... but the reference "
-            f"{reference.label} ran {reference.prompt_ids[:8]}...; dump both with the same --prompt-ids"
+            f"{candidate.label} ran prompt ids {_shorten(candidate.prompt_ids)} but the reference "
+            f"{reference.label} ran {_shorten(reference.prompt_ids)}; dump both with the same --prompt-ids"
         )
+
+
+def _shorten(ids: list[int], limit: int = 8) -> str:
+    text = ",".join(str(i) for i in ids[:limit])
+    return text if len(ids) <= limit else f"{text},... ({len(ids)} ids)"
 
 
 def compare_row(name: str, reference: np.ndarray, candidate: np.ndarray | None, dtype: str) -> DiffRow:
