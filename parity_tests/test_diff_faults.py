@@ -12,7 +12,6 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import numpy_llama.model as spec
 from numpy_llama.model import Llama

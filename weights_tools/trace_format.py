@@ -92,7 +92,6 @@ GLOBAL_TAIL = (
 )
 LAYER_KINDS = tuple(point[0] for point in LAYER_POINTS)
 GLOBAL_KINDS = tuple(point[0] for point in GLOBAL_HEAD + GLOBAL_TAIL)
-ALL_KINDS = (GLOBAL_KINDS[0],) + LAYER_KINDS + GLOBAL_KINDS[1:]
 
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
 
