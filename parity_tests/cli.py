@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    diff = commands.add_parser("diff", help="compare activations of the NumPy and Keras runs and/or dumps")
+    diff = commands.add_parser(
+        "diff",
+        help="compare activations of the NumPy and Keras runs and/or dumps",
+        epilog="exit status: 0 when every row passes, 1 when any row fails, 2 on invalid input",
+    )
     add_run_arguments(diff)
     diff.add_argument(
         "--impl", default=None,
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diff.add_argument(
         "--dump", type=Path, default=None, metavar="OUT",
-        help="also write the runs' activations to OUT (with several runs: OUT's stem + '.IMPL' + suffix)",
+        help="also write the runs' activations to OUT; with several runs, OUT's stem plus "
+        "'.numpy_llama' or '.tf_llama' plus its suffix",
     )
     diff.add_argument("--report", type=Path, default=None, metavar="FILE.html", help="write a self-contained HTML report")
     diff.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="write the error-per-layer plot")
