@@ -225,8 +225,13 @@ def attention(
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """SiLU (swish): x * sigmoid(x)."""
-    return x / (1 + np.exp(-x))
+    """SiLU (swish): x * sigmoid(x) = x / (1 + exp(-x)).
+
+    For x below about -88 (float32) exp(-x) overflows to inf and the result is the correct
+    limit -0.0, so the overflow warning is silenced rather than the formula changed.
+    """
+    with np.errstate(over="ignore"):
+        return x / (1 + np.exp(-x))
 
 
 def feed_forward(
