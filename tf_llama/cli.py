@@ -154,7 +154,7 @@ def command_info(args: argparse.Namespace) -> int:
     import_tensorflow_quietly()
     from tf_llama.model import LlamaModel
 
-    model = LlamaModel.from_config_object(config)
+    model = LlamaModel.from_config_object(config, kernel_initializer="zeros")
     print()
     print(f"Keras variables ({model.count_params():,} parameters):")
     for variable in model.weights:

@@ -197,8 +197,9 @@ class Attention(keras.layers.Layer):
     """
 
     def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, rope_theta: float = 10000.0,
-                 rope_scaling=None, **kwargs):
+                 rope_scaling=None, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         if n_heads % n_kv_heads != 0:
             raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads}")
         self.n_heads = n_heads
@@ -212,10 +213,11 @@ class Attention(keras.layers.Layer):
         dim = input_shape[-1]
         q_width = self.n_heads * self.head_dim
         kv_width = self.n_kv_heads * self.head_dim
-        self.wq = self.add_weight(name="wq", shape=(dim, q_width), initializer="glorot_uniform")
-        self.wk = self.add_weight(name="wk", shape=(dim, kv_width), initializer="glorot_uniform")
-        self.wv = self.add_weight(name="wv", shape=(dim, kv_width), initializer="glorot_uniform")
-        self.wo = self.add_weight(name="wo", shape=(q_width, dim), initializer="glorot_uniform")
+        init = self.kernel_initializer
+        self.wq = self.add_weight(name="wq", shape=(dim, q_width), initializer=init)
+        self.wk = self.add_weight(name="wk", shape=(dim, kv_width), initializer=init)
+        self.wv = self.add_weight(name="wv", shape=(dim, kv_width), initializer=init)
+        self.wo = self.add_weight(name="wo", shape=(q_width, dim), initializer=init)
         super().build(input_shape)
 
     def call(self, x, start_pos=0, cache_k=None, cache_v=None, tracer: Tracer | None = None, prefix: str = ""):
@@ -264,6 +266,7 @@ class Attention(keras.layers.Layer):
                 "head_dim": self.head_dim,
                 "rope_theta": self.rope_theta,
                 "rope_scaling": rope_scaling_to_dict(self.rope_scaling),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
         return config
@@ -276,15 +279,17 @@ class FeedForward(keras.layers.Layer):
     x: [..., D]; w1 (gate), w3 (up): [D, F]; w2 (down): [F, D] -> [..., D].
     """
 
-    def __init__(self, hidden_dim: int, **kwargs):
+    def __init__(self, hidden_dim: int, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.w1 = self.add_weight(name="w1", shape=(dim, self.hidden_dim), initializer="glorot_uniform")
-        self.w2 = self.add_weight(name="w2", shape=(self.hidden_dim, dim), initializer="glorot_uniform")
-        self.w3 = self.add_weight(name="w3", shape=(dim, self.hidden_dim), initializer="glorot_uniform")
+        init = self.kernel_initializer
+        self.w1 = self.add_weight(name="w1", shape=(dim, self.hidden_dim), initializer=init)
+        self.w2 = self.add_weight(name="w2", shape=(self.hidden_dim, dim), initializer=init)
+        self.w3 = self.add_weight(name="w3", shape=(dim, self.hidden_dim), initializer=init)
         super().build(input_shape)
 
     def call(self, x, tracer: Tracer | None = None, prefix: str = ""):
@@ -298,7 +303,12 @@ class FeedForward(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"hidden_dim": self.hidden_dim})
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
         return config
 
 
@@ -310,8 +320,9 @@ class TransformerBlock(keras.layers.Layer):
     """
 
     def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, hidden_dim: int, norm_eps: float = 1e-5,
-                 rope_theta: float = 10000.0, rope_scaling=None, **kwargs):
+                 rope_theta: float = 10000.0, rope_scaling=None, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
@@ -321,10 +332,11 @@ class TransformerBlock(keras.layers.Layer):
         self.rope_scaling = rope_scaling_from_dict(rope_scaling)
         policy = self.dtype_policy
         self.attention_norm = RMSNorm(norm_eps, dtype=policy, name="attention_norm")
-        self.attention = Attention(n_heads, n_kv_heads, head_dim, rope_theta, self.rope_scaling, dtype=policy,
-                                   name="attention")
+        self.attention = Attention(n_heads, n_kv_heads, head_dim, rope_theta, self.rope_scaling,
+                                   kernel_initializer=self.kernel_initializer, dtype=policy, name="attention")
         self.ffn_norm = RMSNorm(norm_eps, dtype=policy, name="ffn_norm")
-        self.feed_forward = FeedForward(hidden_dim, dtype=policy, name="feed_forward")
+        self.feed_forward = FeedForward(hidden_dim, kernel_initializer=self.kernel_initializer, dtype=policy,
+                                        name="feed_forward")
 
     def build(self, input_shape):
         self.attention_norm.build(input_shape)
@@ -364,6 +376,7 @@ class TransformerBlock(keras.layers.Layer):
                 "norm_eps": self.norm_eps,
                 "rope_theta": self.rope_theta,
                 "rope_scaling": rope_scaling_to_dict(self.rope_scaling),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )
         return config

@@ -97,8 +97,9 @@ class LlamaModel(keras.Model):
 
     def __init__(self, dim: int, n_layers: int, n_heads: int, n_kv_heads: int, vocab_size: int, hidden_dim: int,
                  norm_eps: float = 1e-5, rope_theta: float = 10000.0, rope_scaling=None, max_seq_len: int = 2048,
-                 tie_embeddings: bool = False, **kwargs):
+                 tie_embeddings: bool = False, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.config = ModelConfig.from_dict(
             {
                 "dim": dim,
@@ -118,7 +119,8 @@ class LlamaModel(keras.Model):
         policy = self.dtype_policy
         self.blocks = [
             TransformerBlock(cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim, cfg.norm_eps, cfg.rope_theta,
-                             cfg.rope_scaling, dtype=policy, name=f"layers_{i}")
+                             cfg.rope_scaling, kernel_initializer=self.kernel_initializer, dtype=policy,
+                             name=f"layers_{i}")
             for i in range(cfg.n_layers)
         ]
         self.final_norm = RMSNorm(cfg.norm_eps, dtype=policy, name="norm")
@@ -127,12 +129,12 @@ class LlamaModel(keras.Model):
     def build_weights(self) -> None:
         cfg = self.config
         self.tok_embeddings = self.add_weight(
-            name="tok_embeddings", shape=(cfg.vocab_size, cfg.dim), initializer="random_normal"
+            name="tok_embeddings", shape=(cfg.vocab_size, cfg.dim), initializer=self.kernel_initializer
         )
         self.output_weight = None
         if not cfg.tie_embeddings:
             self.output_weight = self.add_weight(
-                name="output", shape=(cfg.dim, cfg.vocab_size), initializer="glorot_uniform"
+                name="output", shape=(cfg.dim, cfg.vocab_size), initializer=self.kernel_initializer
             )
         for block in self.blocks:
             block.build((None, None, cfg.dim))
@@ -151,7 +153,8 @@ class LlamaModel(keras.Model):
         Linear weights are transposed from the canonical [out, in] to Keras' [in, out] and
         cast to the compute dtype.
         """
-        model = cls.from_config_object(checkpoint.config, dtype=dtype)
+        # Zeros skip drawing random numbers for weights that are overwritten next.
+        model = cls.from_config_object(checkpoint.config, dtype=dtype, kernel_initializer="zeros")
         model.load_canonical_weights(checkpoint)
         return model
 
@@ -261,6 +264,7 @@ class LlamaModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(self.config.to_dict())
+        config["kernel_initializer"] = keras.initializers.serialize(self.kernel_initializer)
         return config
 
     @classmethod
