@@ -6,7 +6,8 @@ Shapes use these axis names:
 
 Activations are float32 unless a lower compute dtype is chosen; RMSNorm, RoPE and
 softmax always compute in float32 and cast back, as Meta's reference does.
-Linear weights are [out_features, in_features] as in PyTorch, so a projection is x @ W.T.
+Linear weights are [out_features, in_features] as in PyTorch, so a projection is
+linear(x, W) = x @ W.T.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ from weights_tools.config import ModelConfig, RopeScaling
 
 # A tracer receives (trace point name, activation) at every trace point; see numpy_llama.trace.
 Tracer = Callable[[str, np.ndarray], None]
+
+
+def linear(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """y = x @ weight.T, with weight [out_features, in_features] as in PyTorch's nn.Linear.
+
+    float16 and bfloat16 inputs are multiplied in float32 and the result is rounded to x's
+    dtype, as CPU kernels for those types accumulate in float32.
+    """
+    if x.dtype == np.float32 and weight.dtype == np.float32:
+        return x @ weight.T
+    return (x.astype(np.float32) @ weight.astype(np.float32).T).astype(x.dtype)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -136,7 +148,8 @@ def scaled_dot_product_attention(
     """softmax(q k^T / sqrt(Hd) + mask) v, per head.
 
     q: [B, S, H, Hd]; k, v: [B, T, H, Hd] (KV heads already repeated); mask: [S, T]
-    -> [B, S, H, Hd]. Scores and probabilities are float32.
+    -> [B, S, H, Hd]. Scores, probabilities and the weighted sum of values are float32;
+    the output is rounded to v's dtype.
     """
     head_dim = q.shape[-1]
     scores = np.einsum("bshd,bthd->bhst", q.astype(np.float32), k.astype(np.float32))
@@ -145,7 +158,7 @@ def scaled_dot_product_attention(
     if tracer is not None:
         tracer(prefix + "attn_scores", scores)
         tracer(prefix + "attn_probs", probs)
-    out = np.einsum("bhst,bthd->bshd", probs.astype(v.dtype), v)
+    out = np.einsum("bhst,bthd->bshd", probs, v.astype(np.float32)).astype(v.dtype)
     return out
 
 
@@ -196,9 +209,9 @@ def attention(
     batch, seq_len, _ = x.shape
     head_dim = wq.shape[0] // n_heads
 
-    q = (x @ wq.T).reshape(batch, seq_len, n_heads, head_dim)
-    k = (x @ wk.T).reshape(batch, seq_len, n_kv_heads, head_dim)
-    v = (x @ wv.T).reshape(batch, seq_len, n_kv_heads, head_dim)
+    q = linear(x, wq).reshape(batch, seq_len, n_heads, head_dim)
+    k = linear(x, wk).reshape(batch, seq_len, n_kv_heads, head_dim)
+    v = linear(x, wv).reshape(batch, seq_len, n_kv_heads, head_dim)
     if tracer is not None:
         tracer(prefix + "q", q)
         tracer(prefix + "k", k)
@@ -221,7 +234,7 @@ def attention(
     out = out.reshape(batch, seq_len, n_heads * head_dim)
     if tracer is not None:
         tracer(prefix + "attn_heads", out)
-    return out @ wo.T
+    return linear(out, wo)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -241,14 +254,14 @@ def feed_forward(
 
     x: [..., D]; w1 (gate), w3 (up): [F, D]; w2 (down): [D, F] -> [..., D].
     """
-    gate = x @ w1.T
-    up = x @ w3.T
+    gate = linear(x, w1)
+    up = linear(x, w3)
     act = silu(gate) * up
     if tracer is not None:
         tracer(prefix + "ffn_gate", gate)
         tracer(prefix + "ffn_up", up)
         tracer(prefix + "ffn_act", act)
-    return act @ w2.T
+    return linear(act, w2)
 
 
 def transformer_block(
@@ -432,7 +445,7 @@ class Llama:
         if tracer is not None:
             tracer("final_norm", h)
 
-        logits = (h @ self.weights["output.weight"].T).astype(np.float32)
+        logits = linear(h, self.weights["output.weight"]).astype(np.float32)
         if tracer is not None:
             tracer("logits", logits)
         return logits

@@ -104,3 +104,19 @@ def test_streamed_layers_match_resident():
     streamed_model = Llama.from_checkpoint(random_checkpoint(tiny_config(), seed=6), stream_layers=True)
     assert not isinstance(streamed_model.layers, list)
     np.testing.assert_array_equal(streamed_model.forward(tokens), resident)
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_low_precision_forward_tracks_float32(dtype_name):
+    import ml_dtypes
+
+    dtype = np.float16 if dtype_name == "float16" else ml_dtypes.bfloat16
+    checkpoint = random_checkpoint(tiny_config(), seed=7)
+    tokens = np.arange(12) % 64
+    reference = Llama.from_checkpoint(checkpoint).forward(tokens)
+    low = Llama.from_checkpoint(checkpoint, dtype=dtype).forward(tokens)
+    assert low.dtype == np.float32
+    # bfloat16 keeps 8 mantissa bits (relative step 2**-8), float16 keeps 11.
+    bound = 0.05 if dtype_name == "bfloat16" else 0.01
+    assert np.max(np.abs(low - reference)) <= bound * np.max(np.abs(reference))
+    assert np.argmax(low[0, -1]) == np.argmax(reference[0, -1])
