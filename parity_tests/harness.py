@@ -235,37 +235,33 @@ def check_model_logits(impl: Implementation, case: strategies.ModelCase, dtype: 
     assert_close(actual, expected, tolerance(dtype, model=True), label)
 
 
-_smollm2_results: dict[tuple[int, tuple[int, ...], str], tuple[Checkpoint, object]] = {}
+_smollm2_results: dict[tuple[int, tuple[int, ...], str, str], tuple[Checkpoint, object]] = {}
 
 
-def _smollm2_reference(checkpoint: Checkpoint, tokens: tuple[int, ...], kind: str):
-    """Return the float32 spec's logits or greedy ids on SmolLM2, computed once per session."""
-    key = (id(checkpoint), tokens, kind)
+def _smollm2_reference(checkpoint: Checkpoint, tokens: tuple[int, ...], kind: str, dtype: str):
+    """Return the spec's logits or greedy ids on SmolLM2 in dtype, computed once per session."""
+    key = (id(checkpoint), tokens, kind, dtype)
     if key not in _smollm2_results:
         if kind == "logits":
-            result = REFERENCE.model_logits(checkpoint, np.array([tokens]), "float32")
+            result = REFERENCE.model_logits(checkpoint, np.array([tokens]), dtype)
         else:
-            result = REFERENCE.greedy_ids(checkpoint, list(tokens), GREEDY_NEW_TOKENS, "float32")
+            result = REFERENCE.greedy_ids(checkpoint, list(tokens), GREEDY_NEW_TOKENS, dtype)
         # The checkpoint stays referenced so that its id is not reused by another object.
         _smollm2_results[key] = (checkpoint, result)
     return _smollm2_results[key][1]
 
 
 def check_smollm2_logits(impl: Implementation, checkpoint: Checkpoint, dtype: str) -> None:
-    """Compare logits for "The capital of France is" with the float32 spec, and the top-1 token.
-
-    Lower dtypes compare with the float32 spec too, because the spec needs about a minute
-    per forward pass of SmolLM2 in NumPy float16.
-    """
-    expected = _smollm2_reference(checkpoint, tuple(SMOLLM2_PROMPT), "logits")
+    """Compare logits for "The capital of France is" and the top-1 token with the spec in dtype."""
+    expected = _smollm2_reference(checkpoint, tuple(SMOLLM2_PROMPT), "logits", dtype)
     actual = _call(impl.model_logits, checkpoint, np.array([SMOLLM2_PROMPT]), dtype)
     assert_close(actual, expected, tolerance(dtype, model=True), f"SmolLM2 logits {dtype}")
     assert int(np.argmax(actual[0, -1])) == int(np.argmax(expected[0, -1]))
 
 
 def check_smollm2_greedy(impl: Implementation, checkpoint: Checkpoint, dtype: str = "float32") -> None:
-    """Compare 32 greedy ids after "Once upon a time" with the spec's."""
-    expected = _smollm2_reference(checkpoint, tuple(SMOLLM2_STORY_PROMPT), "greedy")
+    """Compare 32 greedy ids after "Once upon a time" with the spec's in dtype."""
+    expected = _smollm2_reference(checkpoint, tuple(SMOLLM2_STORY_PROMPT), "greedy", dtype)
     actual = _call(impl.greedy_ids, checkpoint, SMOLLM2_STORY_PROMPT, GREEDY_NEW_TOKENS, dtype)
     assert list(actual) == list(expected)
 
