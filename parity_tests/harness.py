@@ -12,6 +12,8 @@ KV-cache decode at start_pos > 0), one transformer block, whole-model logits (ra
 models, prefill and cached decode) and, when the SmolLM2 model is installed, its logits and
 32 greedy ids. Each runs for every dtype the adapter lists, with the tolerances of
 parity_tests.tolerances. A method may raise NotImplementedError to skip its tests.
+The SmolLM2 tests take the `smollm2` fixture of parity_tests/conftest.py: put the test
+module under parity_tests/, or import `smollm2` and `smollm2_path` from that conftest.
 The functions check_* run one case and can be used without pytest.
 """
 
@@ -93,7 +95,7 @@ class SpecReference:
     """The NumPy spec (numpy_llama.model) behind the Implementation interface.
 
     float32 and float16 run the spec in that dtype. bfloat16 runs it in float32 on the
-    bfloat16-rounded inputs, because NumPy's matmul and einsum have no bfloat16 loops.
+    bfloat16-rounded inputs, because np.einsum, which the spec's attention uses, rejects bfloat16.
     """
 
     name = "numpy_llama"
@@ -111,7 +113,7 @@ class SpecReference:
         return spec.apply_rope(self._work(x), cos[start_pos:], sin[start_pos:])
 
     def feed_forward(self, x, w1, w2, w3):
-        # In float16, exp(-x) in SiLU overflows to inf for x < -11; the result, -0, is SiLU's limit.
+        # In float16, exp(-x) in SiLU overflows to inf for x < -11.09; the result, -0, is SiLU's limit.
         with np.errstate(over="ignore"):
             return spec.feed_forward(self._work(x), self._work(w1), self._work(w2), self._work(w3))
 

@@ -13,9 +13,10 @@ What each dtype's reference is (see parity_tests.harness.SpecReference):
     float32   the spec run in float32.
     float16   the spec run natively in float16 (NumPy float16 arithmetic, float32
               RMSNorm, RoPE and softmax, as the spec defines).
-    bfloat16  the spec run in float32 on inputs first rounded to bfloat16, because NumPy
-              has no bfloat16 matmul or einsum. The bound therefore covers the
-              candidate's own bfloat16 rounding of every intermediate result.
+    bfloat16  the spec run in float32 on inputs first rounded to bfloat16, because
+              np.einsum (used by the spec's attention) rejects bfloat16. The bound
+              therefore covers the candidate's own bfloat16 rounding of every
+              intermediate result.
 """
 
 from __future__ import annotations
