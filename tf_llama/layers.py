@@ -82,19 +82,18 @@ def inverse_frequencies(head_dim: int, rope_theta: float, rope_scaling: RopeScal
     if rope_scaling is None:
         return freqs
 
-    s = rope_scaling
+    context = rope_scaling.original_max_position_embeddings
+    low, high = rope_scaling.low_freq_factor, rope_scaling.high_freq_factor
     wavelengths = 2.0 * math.pi / freqs
-    blend = (s.original_max_position_embeddings / wavelengths - s.low_freq_factor) / (
-        s.high_freq_factor - s.low_freq_factor
-    )
+    blend = (context / wavelengths - low) / (high - low)
     scaled = np.empty_like(freqs)
     for i, (f, w, a) in enumerate(zip(freqs, wavelengths, blend)):
-        if w < s.original_max_position_embeddings / s.high_freq_factor:
+        if w < context / high:
             scaled[i] = f
-        elif w > s.original_max_position_embeddings / s.low_freq_factor:
-            scaled[i] = f / s.factor
+        elif w > context / low:
+            scaled[i] = f / rope_scaling.factor
         else:
-            scaled[i] = (1.0 - a) * f / s.factor + a * f
+            scaled[i] = (1.0 - a) * f / rope_scaling.factor + a * f
     return scaled
 
 
