@@ -40,6 +40,7 @@ test-thorough: install
 	LLAMA_PARITY_HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py
 
 clean:

@@ -209,8 +209,10 @@ def bench_llama_cpp(model_path: str) -> dict:
     llm.eval(prompt)
     start = time.perf_counter()
     for _ in range(DECODE_TOKENS):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        llm.eval([token])
+        # Llama.eval keeps no logits unless logits_all=True, which would also compute the
+        # output head for every prefill position; read the last position's logits instead.
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        llm.eval([int(np.argmax(logits))])
     decode_seconds = time.perf_counter() - start
     return {
         "load_s": load_seconds,
