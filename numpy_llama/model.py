@@ -152,14 +152,19 @@ def scaled_dot_product_attention(
     the output is rounded to v's dtype.
     """
     head_dim = q.shape[-1]
-    scores = np.einsum("bshd,bthd->bhst", q.astype(np.float32), k.astype(np.float32))
-    scores = scores / np.sqrt(head_dim) + mask
+    # Heads become a batch axis so that matmul runs one BLAS product per (batch, head).
+    q_heads = q.astype(np.float32).transpose(0, 2, 1, 3)  # [B, H, S, Hd]
+    k_heads = k.astype(np.float32).transpose(0, 2, 3, 1)  # [B, H, Hd, T]
+    v_heads = v.astype(np.float32).transpose(0, 2, 1, 3)  # [B, H, T, Hd]
+
+    scores = q_heads @ k_heads / np.sqrt(head_dim) + mask  # [B, H, S, T]
     probs = softmax(scores, axis=-1)
     if tracer is not None:
         tracer(prefix + "attn_scores", scores)
         tracer(prefix + "attn_probs", probs)
-    out = np.einsum("bhst,bthd->bshd", probs, v.astype(np.float32)).astype(v.dtype)
-    return out
+
+    out = probs @ v_heads  # [B, H, S, Hd]
+    return out.transpose(0, 2, 1, 3).astype(v.dtype)
 
 
 @dataclass
