@@ -92,38 +92,30 @@ def cast(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class SpecReference:
-    """The NumPy spec (numpy_llama.model) behind the Implementation interface.
-
-    float32 and float16 run the spec in that dtype. bfloat16 runs it in float32 on the
-    bfloat16-rounded inputs, because np.einsum, which the spec's attention uses, rejects bfloat16.
-    """
+    """The NumPy spec (numpy_llama.model) behind the Implementation interface, run in the inputs' dtype."""
 
     name = "numpy_llama"
     dtypes = DTYPES
 
-    @staticmethod
-    def _work(array: np.ndarray) -> np.ndarray:
-        return array.astype(np.float32) if array.dtype == numpy_dtype("bfloat16") else array
-
     def rms_norm(self, x, weight, eps):
-        return spec.rms_norm(self._work(x), self._work(weight), eps)
+        return spec.rms_norm(x, weight, eps)
 
     def apply_rope(self, x, start_pos, rope_theta, rope_scaling):
         cos, sin = spec.rope_table(x.shape[-1], start_pos + x.shape[1], rope_theta, rope_scaling)
-        return spec.apply_rope(self._work(x), cos[start_pos:], sin[start_pos:])
+        return spec.apply_rope(x, cos[start_pos:], sin[start_pos:])
 
     def feed_forward(self, x, w1, w2, w3):
         # In float16, exp(-x) in SiLU overflows to inf for x < -11.09; the result, -0, is SiLU's limit.
         with np.errstate(over="ignore"):
-            return spec.feed_forward(self._work(x), self._work(w1), self._work(w2), self._work(w3))
+            return spec.feed_forward(x, w1, w2, w3)
 
     def attention(self, x, weights, n_heads, n_kv_heads, rope_theta, rope_scaling, cache_k, cache_v, start_pos):
         head_dim = weights["wq"].shape[0] // n_heads
         seq_len = x.shape[1]
         cos, sin = spec.rope_table(head_dim, start_pos + seq_len, rope_theta, rope_scaling)
-        cache_k, cache_v = self._work(cache_k).copy(), self._work(cache_v).copy()
+        cache_k, cache_v = cache_k.copy(), cache_v.copy()
         out = spec.attention(
-            self._work(x), *(self._work(weights[name]) for name in ("wq", "wk", "wv", "wo")),
+            x, weights["wq"], weights["wk"], weights["wv"], weights["wo"],
             cos[start_pos:], sin[start_pos:], cache_k, cache_v, start_pos, n_heads, n_kv_heads,
         )
         return out, cache_k, cache_v
@@ -131,20 +123,15 @@ class SpecReference:
     def transformer_block(self, x, layer, config, cache_k, cache_v, start_pos):
         seq_len = x.shape[1]
         cos, sin = spec.rope_table(config.head_dim, start_pos + seq_len, config.rope_theta, config.rope_scaling)
-        cache_k, cache_v = self._work(cache_k).copy(), self._work(cache_v).copy()
-        layer = {suffix: self._work(w) for suffix, w in layer.items()}
+        cache_k, cache_v = cache_k.copy(), cache_v.copy()
         with np.errstate(over="ignore"):
             out = spec.transformer_block(
-                self._work(x), layer, config, cos[start_pos:], sin[start_pos:], cache_k, cache_v, start_pos
+                x, layer, config, cos[start_pos:], sin[start_pos:], cache_k, cache_v, start_pos
             )
         return out, cache_k, cache_v
 
     def model(self, checkpoint: Checkpoint, dtype: str) -> spec.Llama:
-        weights = checkpoint.load_all()
-        if dtype == "bfloat16":
-            weights = {name: cast(w, "bfloat16").astype(np.float32) for name, w in weights.items()}
-            return spec.Llama(checkpoint.config, weights, np.float32)
-        return spec.Llama(checkpoint.config, weights, numpy_dtype(dtype))
+        return spec.Llama(checkpoint.config, checkpoint.load_all(), numpy_dtype(dtype))
 
     def model_logits(self, checkpoint, tokens, dtype, prefill_len=None):
         with np.errstate(over="ignore"):
