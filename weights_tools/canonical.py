@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from weights_tools.checkpoint import Checkpoint, TensorInfo
+from weights_tools.checkpoint import Checkpoint, TensorInfo, check_layer_count
 from weights_tools.config import ModelConfig
 from weights_tools.errors import CheckpointError, ConfigError
 from weights_tools.hf_reader import SafetensorsFile, read_json
@@ -70,6 +70,7 @@ def load_canonical(folder: str | os.PathLike) -> Checkpoint:
     checkpoint = Checkpoint(
         config=config, loaders=loaders, infos=infos, path=os.fspath(folder), format="canonical", metadata={}
     )
+    check_layer_count(config, len(infos), config_path, "model_config.n_layers")
     unexpected = set(checkpoint.infos) - set(iter(checkpoint))
     if unexpected:
         raise CheckpointError(weights_path, "unexpected tensor name", sorted(unexpected)[0])

@@ -78,6 +78,21 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def check_layer_count(config: ModelConfig, n_tensors: int, path: str | os.PathLike | None, field: str) -> None:
+    """Raise CheckpointError when a file has too few tensors for config.n_layers blocks.
+
+    Readers call this before expected_shapes or canonical_names, which build nine names per
+    layer, so a header that claims 2**31 layers fails at once instead of after minutes of work.
+    """
+    required = 2 + len(LAYER_TENSORS) * config.n_layers  # plus tok_embeddings and norm; output may be tied
+    if n_tensors < required:
+        raise CheckpointError(
+            path,
+            f"{config.n_layers} layers need at least {required} tensors, but the file has {n_tensors}",
+            field,
+        )
+
+
 def check_finite(array: np.ndarray, name: str, path: str | None, source_name: str | None = None) -> None:
     """Raise CheckpointError naming the tensor if a float32 array contains NaN or +-Inf.
 
@@ -198,6 +213,7 @@ class Checkpoint(Mapping[str, np.ndarray]):
 
         Only the recorded shapes are compared, so no tensor data is read.
         """
+        check_layer_count(self.config, len(self.infos), self.path, "n_layers")
         shapes = expected_shapes(self.config)
         for name, shape in shapes.items():
             if name not in self:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from weights_tools.checkpoint import Checkpoint, TensorInfo, expected_shapes
+from weights_tools.checkpoint import Checkpoint, TensorInfo, check_layer_count, expected_shapes
 from weights_tools.config import ModelConfig
 from weights_tools.errors import CheckpointError, ConfigError
 
@@ -289,6 +289,7 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
         format="gguf",
         metadata=metadata,
     )
+    check_layer_count(config, len(infos), path, f"{metadata['general.architecture']}.block_count")
     _check_shapes(checkpoint, path)
     log.info("opened %s: %d tensors, %s", path, len(infos), config)
     return checkpoint

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import ml_dtypes
 import numpy as np
 
-from weights_tools.checkpoint import Checkpoint, TensorInfo, expected_shapes
+from weights_tools.checkpoint import Checkpoint, TensorInfo, check_layer_count, expected_shapes
 from weights_tools.config import ROPE_SCALING_TYPES, ModelConfig, RopeScaling
 from weights_tools.errors import CheckpointError, ConfigError
 
@@ -312,6 +312,7 @@ def load_hf(folder: str | os.PathLike) -> Checkpoint:
     checkpoint = Checkpoint(
         config=config, loaders=loaders, infos=infos, path=os.fspath(folder), format="hf", metadata={}
     )
+    check_layer_count(config, len(infos), config_path, "num_hidden_layers")
     _check_shapes(checkpoint, config_path)
     log.info("opened %s: %d files, %d tensors, %s", folder, len(opened), len(infos), config)
     return checkpoint

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from weights_tools.checkpoint import Checkpoint, TensorInfo, canonical_names, expected_shapes
+from weights_tools.checkpoint import Checkpoint, TensorInfo, canonical_names, check_layer_count, expected_shapes
 from weights_tools.config import ModelConfig, RopeScaling
 from weights_tools.errors import CheckpointError, ConfigError
 from weights_tools.torch_pickle import TensorRef, TorchArchive
@@ -212,6 +212,7 @@ def load_meta(folder: str | os.PathLike) -> Checkpoint:
     vocab_rows = _merged_shape(embedding_shapes, embed_axis)[0]
     config = config_from_params(params, params_path, vocab_rows)
 
+    check_layer_count(config, len(names), params_path, "n_layers")
     known = set(canonical_names(config.n_layers))
     loaders = {}
     infos = {}
