@@ -226,6 +226,23 @@ def write_base_dump(folder: Path, name: str = "dump.safetensors") -> Path:
     return write_dump(dump, folder / name)
 
 
+def memory_bound(path: Path) -> int:
+    """Return the allowed tracemalloc peak for opening `path`: 64 x its size + 16 MiB.
+
+    64 x covers converting every stored element to float32 (8 x for 4-bit quantized
+    GGUF data) plus a cached copy and the temporaries of dequantization and RoPE row
+    permutation. 16 MiB covers the Python objects of parsing (GGUF key/value fields,
+    pickle and JSON headers) and modules first imported during the load.
+    """
+    if path.is_file():
+        size = path.stat().st_size
+    elif path.is_dir():
+        size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    else:
+        size = 0
+    return 64 * size + 16 * 2**20
+
+
 # --- byte-level mutations ------------------------------------------------------------
 
 
@@ -409,6 +426,7 @@ def _gguf_cases() -> list[MalformedCase]:
         MalformedCase("gguf-tensor-offset-past-end", "checkpoint", after_key(tensor_info, 24, "<Q", HUGE), CheckpointError, (malformed,)),
         MalformedCase("gguf-unknown-tensor-type", "checkpoint", after_key(tensor_info, 20, "<I", 99), CheckpointError, ("99",)),
         MalformedCase("gguf-unsupported-architecture", "checkpoint", other_architecture, CheckpointError, ("unsupported architecture", "general.architecture")),
+        MalformedCase("gguf-block-count-huge", "checkpoint", after_key(b"llama.block_count", 4, "<I", 2**31 - 1), CheckpointError, ("2147483647 layers need", "llama.block_count")),
         MalformedCase("gguf-missing-metadata-key", "checkpoint", without_key("llama.block_count"), CheckpointError, ("missing", "llama.block_count")),
         MalformedCase("gguf-missing-tensor", "checkpoint", without_tensor, CheckpointError, ("missing", "blk.1.ffn_up.weight")),
         MalformedCase("gguf-duplicate-tensor", "checkpoint", duplicate_tensor, CheckpointError, ("duplicate", "blk.0.attn_norm.weight")),
@@ -517,6 +535,7 @@ def _meta_cases() -> list[MalformedCase]:
         MalformedCase("params-missing-dim", "checkpoint", params(lambda p: p.pop("dim")), ConfigError, ("'dim'", "missing")),
         MalformedCase("params-dim-is-text", "checkpoint", params(lambda p: p.update(dim="32")), ConfigError, ("'dim'", "'32'")),
         MalformedCase("params-negative-layers", "checkpoint", params(lambda p: p.update(n_layers=-2)), ConfigError, ("'n_layers'", "positive")),
+        MalformedCase("params-layers-huge", "checkpoint", params(lambda p: p.update(n_layers=2**31 - 1)), CheckpointError, ("2147483647 layers need", "[n_layers]")),
         MalformedCase("params-heads-do-not-divide", "checkpoint", params(lambda p: p.update(n_heads=5, n_kv_heads=5)), ConfigError, ("'n_heads'", "divisible")),
         MalformedCase("params-vocab-mismatch", "checkpoint", params(lambda p: p.update(vocab_size=100)), ConfigError, ("'vocab_size'", "100")),
         MalformedCase("params-hidden-dim-mismatch", "checkpoint", params(lambda p: p.update(multiple_of=64)), ConfigError, ("'multiple_of'", "128")),
@@ -663,12 +682,14 @@ def _safetensors_cases() -> list[MalformedCase]:
         MalformedCase("hf-config-missing-field", "checkpoint", config(lambda c: c.pop("hidden_size")), ConfigError, ("'hidden_size'", "missing")),
         MalformedCase("hf-config-model-type", "checkpoint", config(lambda c: c.update(model_type="mistral")), ConfigError, ("'model_type'", "mistral")),
         MalformedCase("hf-config-rope-type", "checkpoint", config(lambda c: c.update(rope_scaling={"rope_type": "yarn", "factor": 4.0})), ConfigError, ("rope_scaling.rope_type", "yarn")),
+        MalformedCase("hf-config-layers-huge", "checkpoint", config(lambda c: c.update(num_hidden_layers=2**31 - 1)), CheckpointError, ("2147483647 layers need", "num_hidden_layers")),
         MalformedCase("hf-config-shape-mismatch", "checkpoint", config(lambda c: c.update(intermediate_size=80)), CheckpointError, ("shape", "model.layers.0.mlp.gate_proj.weight")),
         MalformedCase("hf-index-missing-shard", "checkpoint", sharded(lambda f: (f / "model-00002-of-00002.safetensors").unlink()), CheckpointError, ("shard", "missing", "model-00002-of-00002.safetensors")),
         MalformedCase("hf-index-tensor-not-in-shard", "checkpoint", sharded(index_edit(lambda i: i["weight_map"].update({"model.norm.weight": "model-00002-of-00002.safetensors" if i["weight_map"]["model.norm.weight"].startswith("model-00001") else "model-00001-of-00002.safetensors"}))), CheckpointError, ("missing from the shard", "model.norm.weight")),
         MalformedCase("hf-index-empty-weight-map", "checkpoint", sharded(index_edit(lambda i: i.update(weight_map={}))), CheckpointError, ("weight_map",)),
         MalformedCase("canonical-format-version", "checkpoint", canonical(lambda f: edit_json(f / "config.json", lambda c: c.update(format_version=2))), ConfigError, ("'format_version'", "2")),
         MalformedCase("canonical-unexpected-tensor", "checkpoint", canonical(canonical_extra_tensor), CheckpointError, ("unexpected tensor", "layers.9.attention.wq.weight")),
+        MalformedCase("canonical-layers-huge", "checkpoint", canonical(lambda f: edit_json(f / "config.json", lambda c: c["model_config"].update(n_layers=2**31 - 1))), CheckpointError, ("2147483647 layers need", "model_config.n_layers")),
         MalformedCase("canonical-bad-model-config", "checkpoint", canonical(lambda f: edit_json(f / "config.json", lambda c: c["model_config"].update(n_kv_heads=3))), ConfigError, ("'n_kv_heads'", "divisible")),
     ]
 
@@ -697,6 +718,7 @@ def _llama2c_cases() -> list[MalformedCase]:
         MalformedCase("llama2c-v1-truncated-header", "checkpoint", lambda folder: truncate(write_base_llama2c(folder, 1), 100), CheckpointError, ("256-byte", "header")),
         MalformedCase("llama2c-trailing-bytes", "checkpoint", trailing, CheckpointError, ("file has trailing bytes", "n_layers=2")),
         MalformedCase("llama2c-dim-huge", "checkpoint", header(0, 0, 2**20), CheckpointError, ("truncated", "header")),
+        MalformedCase("llama2c-layers-huge", "checkpoint", header(0, 2, 2**31 - 1), CheckpointError, ("truncated", "n_layers=2147483647")),
         MalformedCase("llama2c-v1-vocab-huge", "checkpoint", header(1, 7, 2**30), CheckpointError, ("truncated", "header")),
         MalformedCase("llama2c-negative-dim", "checkpoint", header(0, 0, -32), CheckpointError, ("header.dim", "positive")),
         MalformedCase("llama2c-heads-do-not-divide", "checkpoint", header(0, 3, 5), CheckpointError, ("header.n_heads", "divisible")),

@@ -18,6 +18,7 @@ from parity_tests.malformed import (
     CANARY,
     evil_pickle_cases,
     malformed_cases,
+    memory_bound,
     open_input,
     write_base_dump,
     write_base_gguf,
@@ -47,23 +48,6 @@ CLI_SAMPLE = (
     "sentencepiece-truncated",
     "tokenizer-json-truncated",
 )
-
-
-def memory_bound(path: Path) -> int:
-    """Return the allowed tracemalloc peak for opening `path`: 64 x its size + 16 MiB.
-
-    64 x covers converting every stored element to float32 (8 x for 4-bit quantized
-    GGUF data) plus a cached copy and the temporaries of dequantization and RoPE row
-    permutation. 16 MiB covers the Python objects of parsing (GGUF key/value fields,
-    pickle and JSON headers) and modules first imported during the load.
-    """
-    if path.is_file():
-        size = path.stat().st_size
-    elif path.is_dir():
-        size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-    else:
-        size = 0
-    return 64 * size + 16 * 2**20
 
 
 @pytest.fixture(scope="module", autouse=True)
