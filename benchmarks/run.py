@@ -55,7 +55,6 @@ def measure_bounds() -> dict[str, float]:
 
     destination = np.empty_like(matrix)
     copy_seconds = best_time(lambda: np.copyto(destination, matrix), 5)
-    del destination
 
     n = 2048
     a = rng.standard_normal((n, n), dtype=np.float32)

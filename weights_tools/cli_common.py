@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from weights_tools.checkpoint import Checkpoint
@@ -117,6 +119,104 @@ def prompt_bos_choice(args: argparse.Namespace) -> bool | None:
     if args.no_bos:
         return False
     return None
+
+
+def check_text(text: str, label: str) -> str:
+    """Reject text that is not valid UTF-8 (argv bytes Python could not decode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GenerationError(f"the {label} is not valid UTF-8; pass UTF-8 text or --prompt-ids") from None
+    return text
+
+
+def check_prompt_arguments(args: argparse.Namespace) -> None:
+    """Raise GenerationError unless exactly one of PROMPT and --prompt-ids is given."""
+    if args.prompt is None and args.prompt_ids is None:
+        raise GenerationError("no prompt: pass PROMPT text or --prompt-ids 1,2,3")
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise GenerationError("pass either PROMPT text or --prompt-ids, not both")
+
+
+def prepare_prompt(args: argparse.Namespace, checkpoint: Checkpoint):
+    """Return (prompt token ids, tokenizer or None) for the generate command.
+
+    The tokenizer is loaded when the prompt is text or the output is text; with
+    --prompt-ids and --ids the checkpoint needs none.
+    """
+    tokenizer = None
+    if args.prompt_ids is not None:
+        prompt_ids = parse_prompt_ids(args.prompt_ids)
+    else:
+        tokenizer = load_model_tokenizer(checkpoint, args.tokenizer)
+        prompt_ids = tokenizer.encode(check_text(args.prompt, "prompt"), bos=prompt_bos_choice(args))
+    if not args.ids and tokenizer is None:
+        tokenizer = load_model_tokenizer(checkpoint, args.tokenizer)
+    return prompt_ids, tokenizer
+
+
+@dataclass
+class StreamTiming:
+    """Token counts and wall-clock marks of one streamed generation (time.perf_counter seconds)."""
+
+    n_prompt: int
+    n_generated: int
+    start: float
+    first_token: float | None
+    end: float
+
+    def summary(self) -> str:
+        """Return 'prefill: ... tokens/s, decode: ... tokens/s' for stderr."""
+        if self.first_token is None:
+            return "no tokens generated"
+        prefill_seconds = self.first_token - self.start
+        prefill_rate = self.n_prompt / max(prefill_seconds, 1e-9)
+        message = f"prefill: {self.n_prompt} tokens in {prefill_seconds:.2f} s ({prefill_rate:.1f} tokens/s)"
+        decode_tokens = self.n_generated - 1
+        if decode_tokens > 0:
+            decode_seconds = self.end - self.first_token
+            message += f", decode: {decode_tokens} tokens in {decode_seconds:.2f} s ({decode_tokens / decode_seconds:.1f} tokens/s)"
+        return message
+
+
+def stream_tokens(
+    tokens: Iterable[int], args: argparse.Namespace, prompt_ids: list[int], tokenizer, stop_ids: set[int]
+) -> StreamTiming:
+    """Write generated tokens to stdout as they arrive: text after the echoed prompt, or comma-separated ids with --ids."""
+    decoder = tokenizer.stream_decoder() if tokenizer is not None and not args.ids else None
+    if decoder is not None and args.prompt is not None:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+
+    start = time.perf_counter()
+    first_token = None
+    n_generated = 0
+    for token in tokens:
+        if first_token is None:
+            first_token = time.perf_counter()
+        n_generated += 1
+        if decoder is None:
+            sys.stdout.write(("," if n_generated > 1 else "") + str(token))
+        elif token not in stop_ids:
+            sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    end = time.perf_counter()
+
+    if decoder is not None:
+        sys.stdout.write(decoder.flush())
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return StreamTiming(len(prompt_ids), n_generated, start, first_token, end)
+
+
+def print_config(checkpoint: Checkpoint) -> None:
+    """Print the checkpoint path, format, config fields and float32 size."""
+    config = checkpoint.config
+    print(f"checkpoint: {checkpoint.path} ({checkpoint.format})")
+    for key, value in config.to_dict().items():
+        print(f"  {key:<16} {value}")
+    print(f"  {'head_dim':<16} {config.head_dim}")
+    print(f"float32 weights: {checkpoint.weight_bytes() / 2**20:.1f} MiB")
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
