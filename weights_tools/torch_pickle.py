@@ -19,6 +19,7 @@ import pickle
 import pickletools
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,10 @@ class TorchArchive:
                 f"not a readable zip archive ({exc}); the file is truncated, or it was saved in torch's legacy "
                 "non-zip format, so re-save it with torch.save from PyTorch >= 1.6",
             ) from None
-        except (OSError, EOFError, zipfile.LargeZipFile) as exc:
+        # zipfile raises NotImplementedError for unknown versions or compression methods,
+        # RuntimeError for encrypted entries, zlib.error for corrupt deflate data and
+        # ValueError (UnicodeDecodeError) for a name flagged UTF-8 that is not.
+        except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError, zlib.error) as exc:
             raise CheckpointError(self.path, f"cannot read the zip archive: {exc}") from None
         if byteorder != "little":
             raise CheckpointError(self.path, f"storages are {byteorder}-endian, but only little-endian is supported", "byteorder")
