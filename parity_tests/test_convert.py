@@ -109,17 +109,36 @@ def test_gguf_tokenizer_keys_copied(tmp_path):
     assert fields["general.file_type"].contents() == int(gguf.LlamaFileType.ALL_F32)
 
 
-def test_llama3_rope_to_gguf_rejected_leaves_nothing(tmp_path):
-    from weights_tools.config import RopeScaling
+def _canonical_source(tmp_path, config):
     from weights_tools.convert import write_canonical
 
-    config = tiny_config(rope_scaling=RopeScaling(8.0, 1.0, 4.0, 16))
     source = tmp_path / "source"
     source.mkdir()
-    write_canonical(random_checkpoint(config), source, progress=False)
+    write_canonical(random_checkpoint(config, seed=8), source, progress=False)
+    return source
 
+
+def test_llama3_rope_gguf_round_trip(tmp_path):
+    from weights_tools.config import RopeScaling
+
+    # With original context 64, head_dim 8's wavelengths 6.3, 63, 628 and 6283 fall in the
+    # kept (< 16), blended and divided (> 64) bands.
+    scaling = RopeScaling(8.0, 1.0, 4.0, 64)
+    source = _canonical_source(tmp_path, tiny_config(rope_scaling=scaling))
+    destination = convert(source, tmp_path / "model.gguf", "gguf", progress=False)
+
+    converted = load_checkpoint(destination)
+    assert converted.config.rope_scaling == scaling
+    np.testing.assert_array_equal(_logits(converted), _logits(source))
+
+
+def test_unusual_rope_scaling_to_gguf_rejected(tmp_path):
+    from weights_tools.config import RopeScaling
+
+    source = _canonical_source(tmp_path, tiny_config(rope_scaling=RopeScaling(8.0, 2.0, 4.0, 16)))
     output_folder = tmp_path / "out"
-    with pytest.raises(CheckpointError, match=r"\[rope_scaling\].*convert to safetensors or hf"):
+
+    with pytest.raises(CheckpointError, match=r"\[rope_scaling\].*low_freq_factor 2.0.*convert to safetensors or hf"):
         convert(source, output_folder / "model.gguf", "gguf", progress=False)
     assert list(output_folder.iterdir()) == []
 

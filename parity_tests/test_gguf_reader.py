@@ -179,6 +179,57 @@ def test_missing_metadata_key(tmp_path):
         load_gguf(path)
 
 
+def test_llama3_divisors_match_spec():
+    from numpy_llama.model import rope_frequencies
+    from weights_tools.config import RopeScaling
+    from weights_tools.gguf_reader import llama3_frequency_divisors
+
+    scaling = RopeScaling(8.0, 1.0, 4.0, 8192)
+    divisors = llama3_frequency_divisors(scaling, head_dim=128, rope_theta=500000.0)
+
+    np.testing.assert_array_equal(divisors[:29], 1.0)
+    assert np.all((divisors[29:35] > 1.0) & (divisors[29:35] < 8.0))
+    np.testing.assert_array_equal(divisors[35:], 8.0)
+    np.testing.assert_allclose(
+        rope_frequencies(128, 500000.0) / divisors, rope_frequencies(128, 500000.0, scaling), rtol=1e-12
+    )
+
+
+def _llama3_gguf(tmp_path, divisors=None, scale_pair=None):
+    from weights_tools.config import RopeScaling
+    from weights_tools.gguf_reader import llama3_frequency_divisors
+
+    config = tiny_config()
+    if divisors is None:
+        divisors = llama3_frequency_divisors(RopeScaling(32.0, 1.0, 4.0, 8192), config.head_dim, config.rope_theta)
+    divisors = np.array(divisors, dtype=np.float32)
+    if scale_pair is not None:
+        divisors[scale_pair] *= 1.5
+    extra = {"rope_freqs.weight": divisors}
+    return write_gguf(tmp_path / "m.gguf", config, random_weights(config), extra_tensors=extra)
+
+
+def test_rope_freqs_read_as_llama3_scaling(tmp_path):
+    from weights_tools.config import RopeScaling
+
+    checkpoint = load_gguf(_llama3_gguf(tmp_path))
+
+    assert checkpoint.config.rope_scaling == RopeScaling(32.0, 1.0, 4.0, 8192)
+    assert "rope_freqs.weight" not in checkpoint.infos
+
+
+def test_rope_freqs_other_factors_rejected(tmp_path):
+    path = _llama3_gguf(tmp_path, scale_pair=2)
+    with pytest.raises(CheckpointError, match=r"\[rope_freqs\.weight\].*do not match Llama 3\.1 scaling with factor 32"):
+        load_gguf(path)
+
+
+def test_rope_freqs_wrong_shape_rejected(tmp_path):
+    path = _llama3_gguf(tmp_path, divisors=np.ones(5))
+    with pytest.raises(CheckpointError, match=r"\[rope_freqs\.weight\].*shape \(5,\) but head_dim 8 implies \(4,\)"):
+        load_gguf(path)
+
+
 def test_smollm2_config(smollm2):
     config = smollm2.config
     assert (config.dim, config.n_layers, config.n_heads, config.n_kv_heads) == (576, 30, 9, 3)

@@ -79,12 +79,14 @@ def write_gguf(
     architecture: str = "llama",
     tokens: list[str] | None = None,
     skip_keys: tuple[str, ...] = (),
+    extra_tensors: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write canonical weights as a llama GGUF with gguf's own writer.
 
     Matrices are stored as `tensor_type` (F32, F16, BF16 or any type gguf can quantize);
     norm weights stay F32 as llama.cpp's converters keep them. Keys named in skip_keys
-    (e.g. 'llama.vocab_size') are left out to test fallbacks.
+    (e.g. 'llama.vocab_size') are left out to test fallbacks. extra_tensors are added
+    as they are under their GGUF names (e.g. 'rope_freqs.weight').
     """
     import gguf
 
@@ -120,6 +122,8 @@ def write_gguf(
             writer.add_tensor(gguf_name, array.astype(np.float16))
         else:
             writer.add_tensor(gguf_name, quantize_or_random_blocks(array, qtype), raw_dtype=qtype)
+    for gguf_name, array in (extra_tensors or {}).items():
+        writer.add_tensor(gguf_name, array)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

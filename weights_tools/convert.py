@@ -110,20 +110,32 @@ def write_hf(checkpoint: Checkpoint, folder: Path, progress: bool = True) -> Non
 def write_gguf(checkpoint: Checkpoint, path: Path, progress: bool = True) -> None:
     """Write a GGUF file with `llama` keys and F32 tensors; tokenizer keys come from a GGUF source.
 
-    Raises CheckpointError for Llama 3.1 RoPE scaling: llama.cpp stores it as a
-    rope_freqs.weight tensor, which weights_tools.gguf_reader does not read.
-    NOTE: the output is checked with gguf_reader and gguf's GGUFReader only. No test
-    loads it in llama.cpp itself.
+    Llama 3.1 RoPE scaling is written as llama.cpp writes it: a rope_freqs.weight tensor of
+    per-frequency divisors plus rope.scaling.original_context_length. Raises CheckpointError
+    for a scaling whose low_freq_factor / high_freq_factor are not Llama 3.1's 1 and 4,
+    because gguf_reader could not read it back.
     """
     import gguf
 
-    from weights_tools.gguf_reader import gguf_tensor_name
+    from weights_tools.gguf_reader import (
+        LLAMA3_HIGH_FREQ_FACTOR,
+        LLAMA3_LOW_FREQ_FACTOR,
+        ROPE_FREQS_TENSOR,
+        gguf_tensor_name,
+        llama3_frequency_divisors,
+    )
 
     config = checkpoint.config
-    if config.rope_scaling is not None:
+    scaling = config.rope_scaling
+    if scaling is not None and (scaling.low_freq_factor, scaling.high_freq_factor) != (
+        LLAMA3_LOW_FREQ_FACTOR,
+        LLAMA3_HIGH_FREQ_FACTOR,
+    ):
         raise CheckpointError(
             checkpoint.path,
-            "Llama 3.1 RoPE scaling cannot be written to GGUF yet; convert to safetensors or hf instead",
+            f"RoPE scaling with low_freq_factor {scaling.low_freq_factor} and high_freq_factor "
+            f"{scaling.high_freq_factor} cannot be written to GGUF, which supports only 1 and 4; "
+            "convert to safetensors or hf instead",
             "rope_scaling",
         )
     writer = gguf.GGUFWriter(path, "llama")
@@ -139,11 +151,16 @@ def write_gguf(checkpoint: Checkpoint, path: Path, progress: bool = True) -> Non
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if scaling is not None:
+        writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings)
     _copy_gguf_tokenizer(checkpoint, writer)
 
     # Without output.weight, llama.cpp and gguf_reader both reuse token_embd.weight.
     for name, array in _tensors(checkpoint, progress):
         writer.add_tensor(gguf_tensor_name(name), array)
+    if scaling is not None:
+        divisors = llama3_frequency_divisors(scaling, config.head_dim, config.rope_theta)
+        writer.add_tensor(ROPE_FREQS_TENSOR, divisors.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

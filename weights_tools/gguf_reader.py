@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from weights_tools.checkpoint import Checkpoint, TensorInfo, check_layer_count, expected_shapes
-from weights_tools.config import ModelConfig
+from weights_tools.config import ModelConfig, RopeScaling
 from weights_tools.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,98 @@ def config_from_metadata(metadata: dict[str, Any], path: Path) -> ModelConfig:
     return config
 
 
+# llama.cpp stores Llama 3.1 RoPE scaling as this tensor: one divisor per frequency pair.
+ROPE_FREQS_TENSOR = "rope_freqs.weight"
+
+# The scaling every released Llama 3.1 / 3.2 model uses, apart from `factor` (8 or 32).
+LLAMA3_LOW_FREQ_FACTOR = 1.0
+LLAMA3_HIGH_FREQ_FACTOR = 4.0
+LLAMA3_ORIGINAL_CONTEXT = 8192
+
+
+def llama3_frequency_divisors(scaling: RopeScaling, head_dim: int, rope_theta: float) -> np.ndarray:
+    """Return d_i with scaled f_i = f_i / d_i for Llama 3.1 scaling (float64, shape [head_dim/2]).
+
+    This is how llama.cpp's rope_freqs.weight encodes the scaling: d_i = 1 for wavelengths
+    below L / high_freq_factor, `factor` above L / low_freq_factor, and in between
+    1 / ((1 - a) / factor + a) with a = (L / wavelength - low_freq_factor) / (high - low).
+    """
+    inv_freq = 1.0 / rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelength = 2 * np.pi / inv_freq
+    original = scaling.original_max_position_embeddings
+    smooth = (original / wavelength - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    interpolated = 1.0 / ((1 - smooth) / scaling.factor + smooth)
+
+    divisors = np.where(wavelength > original / scaling.low_freq_factor, scaling.factor, interpolated)
+    return np.where(wavelength < original / scaling.high_freq_factor, 1.0, divisors)
+
+
+def rope_scaling_from_divisors(
+    tensor: Any, config: ModelConfig, original_context: int, path: Path, quants: Any
+) -> RopeScaling | None:
+    """Recover the Llama 3.1 RopeScaling that a rope_freqs.weight tensor encodes.
+
+    low_freq_factor and high_freq_factor are taken to be Llama 3.1's 1 and 4, and the
+    original context is `original_context` (8192 unless the GGUF sets
+    rope.scaling.original_context_length). `factor` is solved from the lowest-frequency
+    pair and every divisor is then checked against the result. Returns None when every
+    pair is in the unscaled high-frequency band and every divisor is 1. Raises
+    CheckpointError for a wrong shape or type, and for divisors that this scaling does not
+    produce, since those cannot be expressed as a Hugging Face rope_scaling.
+    """
+    from gguf import GGMLQuantizationType
+
+    expected_shape = (config.head_dim // 2,)
+    shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+    if shape != expected_shape:
+        raise CheckpointError(path, f"tensor has shape {shape} but head_dim {config.head_dim} implies {expected_shape}", tensor.name)
+    qtype = GGMLQuantizationType(tensor.tensor_type)
+    if qtype.name not in ("F32", "F16"):
+        raise CheckpointError(path, f"tensor type {qtype.name} is not supported for RoPE factors; expected F32 or F16", tensor.name)
+    divisors = quants.dequantize(tensor.data, qtype).astype(np.float64).reshape(expected_shape)
+    if not np.all(np.isfinite(divisors)) or not np.all(divisors > 0):
+        raise CheckpointError(path, "RoPE factors must be finite and positive", tensor.name)
+
+    # a is the interpolation weight of each pair: <= 0 means divided by factor, >= 1 unchanged.
+    inv_freq = 1.0 / config.rope_theta ** (np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim)
+    wavelength = 2 * np.pi / inv_freq
+    a = (original_context / wavelength - LLAMA3_LOW_FREQ_FACTOR) / (LLAMA3_HIGH_FREQ_FACTOR - LLAMA3_LOW_FREQ_FACTOR)
+    lowest = int(np.argmin(a))
+    if a[lowest] >= 1:
+        if np.allclose(divisors, 1.0, rtol=1e-3):
+            return None
+        factor = float(divisors.max())
+    elif a[lowest] <= 0:
+        factor = float(divisors[lowest])
+    else:
+        # d = 1 / ((1 - a) / factor + a), solved for factor.
+        denominator = 1.0 / divisors[lowest] - a[lowest]
+        factor = float((1 - a[lowest]) / denominator) if denominator > 0 else float("inf")
+
+    mismatch = float("inf")
+    scaling = None
+    if np.isfinite(factor) and factor > 0:
+        # The divisors are float32, so a solved factor of 32 comes back as 32.000001.
+        factor = float(f"{factor:.6g}")
+        scaling = RopeScaling(
+            factor=factor,
+            low_freq_factor=LLAMA3_LOW_FREQ_FACTOR,
+            high_freq_factor=LLAMA3_HIGH_FREQ_FACTOR,
+            original_max_position_embeddings=original_context,
+        )
+        expected = llama3_frequency_divisors(scaling, config.head_dim, config.rope_theta)
+        mismatch = float(np.max(np.abs(divisors - expected) / expected))
+    if scaling is None or mismatch > 1e-3:
+        raise CheckpointError(
+            path,
+            f"RoPE factors do not match Llama 3.1 scaling with factor {factor:g}, low_freq_factor "
+            f"{LLAMA3_LOW_FREQ_FACTOR:g}, high_freq_factor {LLAMA3_HIGH_FREQ_FACTOR:g} and original context "
+            f"{original_context} (max relative difference {mismatch:.3g}); other per-frequency factors are not supported",
+            tensor.name,
+        )
+    return scaling
+
+
 def load_gguf(path: str | os.PathLike) -> Checkpoint:
     """Open a GGUF file and return a Checkpoint whose tensors dequantize to float32 on first use.
 
@@ -242,14 +334,13 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
 
     by_name: dict[str, Any] = {}
     for tensor in reader.tensors:
+        if tensor.name == ROPE_FREQS_TENSOR:
+            original_context = int(metadata.get("llama.rope.scaling.original_context_length", LLAMA3_ORIGINAL_CONTEXT))
+            scaling = rope_scaling_from_divisors(tensor, config, original_context, path, quants)
+            config = config.replace(rope_scaling=scaling)
+            continue
         name = canonical_tensor_name(tensor.name)
         if name is None:
-            if tensor.name == "rope_freqs.weight":
-                raise CheckpointError(
-                    path,
-                    "per-frequency RoPE factors (Llama 3.1 scaling baked into the GGUF) are not supported",
-                    tensor.name,
-                )
             raise CheckpointError(path, "unknown tensor name for a llama model", tensor.name)
         if name in by_name:
             raise CheckpointError(path, "duplicate tensor", tensor.name)
