@@ -39,15 +39,7 @@ def run_numpy(
     from numpy_llama.trace import trace_forward
 
     model = Llama.from_checkpoint(checkpoint, dtype=numpy_dtype(dtype))
-    try:
-        return trace_forward(model, prompt_ids, selection, model_name)
-    except TypeError as exc:
-        if dtype != "bfloat16":
-            raise
-        # NOTE: np.einsum has no bfloat16 loop, so numpy_llama's attention rejects it.
-        raise LlamaParityError(
-            f"numpy_llama cannot run in bfloat16 ({exc}); use --dtype float16 or float32, or --impl keras"
-        ) from None
+    return trace_forward(model, prompt_ids, selection, model_name)
 
 
 def run_keras(

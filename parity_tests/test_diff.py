@@ -248,6 +248,19 @@ def test_diff_cli_report_plot_and_filter(tiny, tmp_path, capsys):
     assert "base64" in report.read_text()
 
 
+def test_bfloat16_numpy_against_keras(tmp_path, capsys):
+    pytest.importorskip("tensorflow", reason="the Keras implementation needs tensorflow")
+    from parity_tests.tiny_models import write_gguf
+
+    config = tiny_config()
+    model = write_gguf(tmp_path / "m.gguf", config, random_weights(config, seed=2))
+    code = cli.main(["diff", "--model", str(model), "--prompt-ids", "1,5,9,33", "--dtype", "bfloat16"])
+
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert "bfloat16" in output
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
