@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import replace_section
+
 PROMPT_TOKENS = 16
 PREFILL_TOKENS = 128
 DECODE_TOKENS = 64
@@ -284,9 +286,9 @@ def format_report(model_path: str, bounds: dict, results: dict, weight_bytes: in
     decode_bound = bounds["matvec_gb_s"] * 1e9 / weight_bytes
     prefill_bound = bounds["matmul_gflop_s"] * 1e9 / flops_per_token
     lines = [
-        "# Benchmarks",
+        "## SmolLM2-135M: bounds, engines and ratios",
         "",
-        "All figures on this page come from one run of:",
+        "All figures in this section come from one run of:",
         "",
         "```",
         command,
@@ -300,7 +302,7 @@ def format_report(model_path: str, bounds: dict, results: dict, weight_bytes: in
         "",
         "The machine is shared and noisy, so compare figures within this run rather than across runs.",
         "",
-        "## Physical bounds (installed NumPy)",
+        "### Physical bounds (installed NumPy)",
         "",
         "| measurement | value |",
         "| --- | --- |",
@@ -312,7 +314,7 @@ def format_report(model_path: str, bounds: dict, results: dict, weight_bytes: in
         f"| floating-point work per prefill token ({PREFILL_TOKENS}-token prompt) | {flops_per_token / 1e6:.1f} MFLOP |",
         f"| prefill bound: matmul throughput / work per token | {prefill_bound:.1f} tokens/s |",
         "",
-        f"## Engines ({PROMPT_TOKENS}-token prompt + {DECODE_TOKENS} greedy decode steps; {PREFILL_TOKENS}-token prefill)",
+        f"### Engines ({PROMPT_TOKENS}-token prompt + {DECODE_TOKENS} greedy decode steps; {PREFILL_TOKENS}-token prefill)",
         "",
         "| engine | load (s) | prefill (tokens/s) | decode (tokens/s) | peak RSS (MiB) |",
         "| --- | --- | --- | --- | --- |",
@@ -327,7 +329,7 @@ def format_report(model_path: str, bounds: dict, results: dict, weight_bytes: in
             f"{result['decode_tok_s']:.1f} | {result['peak_rss_mib']:.0f} |"
         )
 
-    lines += ["", "## Ratios", "", "| ratio | value | target |", "| --- | --- | --- |"]
+    lines += ["", "### Ratios", "", "| ratio | value | target |", "| --- | --- | --- |"]
     numpy_result = results["numpy"]
 
     def ratio(label: str, value: float | None, target: str) -> None:
@@ -395,10 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = format_report(model_path, bounds, results, weight_bytes, flops_per_token, command.strip())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.output.with_suffix(".tmp")
-    temporary.write_text(report)
-    os.replace(temporary, args.output)
+    replace_section(args.output, "smollm2", report)
     print(report)
     return 0
 

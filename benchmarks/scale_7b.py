@@ -1,6 +1,6 @@
 """Run a 16-token forward pass of a LLaMA-7B-shaped model in NumPy within a memory budget.
 
-    python benchmarks/scale_7b.py [--folder DIR] [--keep] [--tokens 16]
+    python benchmarks/scale_7b.py [--folder DIR] [--keep] [--tokens 16] [--output docs/benchmarks.md]
 
 Writes a Hugging Face layout checkpoint with random float16 weights and LLaMA-7B's
 shape (dim 4096, 32 layers, 32 heads, hidden 11008, vocab 32000: 6.7e9 parameters,
@@ -14,6 +14,7 @@ weights. The temporary folder is removed unless --keep is given.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import multiprocessing
 import resource
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from report import replace_section
 
 SEVEN_B = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32000, hidden_dim=11008, max_seq_len=2048)
 
@@ -102,14 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=None, help="where to write the checkpoint (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint folder afterwards")
     parser.add_argument("--tokens", type=int, default=16, help="number of tokens in the forward pass (default 16)")
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"), help="markdown page to update")
     args = parser.parse_args(argv)
+    if args.tokens < 1:
+        parser.error(f"--tokens must be at least 1, got {args.tokens}")
 
     folder = args.folder or Path(tempfile.mkdtemp(prefix="llama7b-"))
     folder.mkdir(parents=True, exist_ok=True)
+    write_note = "an existing checkpoint was reused"
     try:
         if not (folder / "config.json").exists():
             start = time.perf_counter()
             size = write_checkpoint(folder)
+            write_note = f"writing {size / 1e9:.1f} GB took {time.perf_counter() - start:.0f} s"
             print(f"wrote {size / 1e9:.1f} GB in {time.perf_counter() - start:.0f} s to {folder}", file=sys.stderr)
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             result = pool.apply(run_forward, (str(folder), args.tokens))
@@ -117,12 +125,42 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 
-    print(
+    summary = (
         f"LLaMA-7B shape, float16 on disk, {args.tokens}-token forward with streamed layers: "
         f"peak RSS {result['peak_rss_gib']:.2f} GiB (float32 weights would be {result['float32_weight_gib']:.1f} GiB), "
         f"load {result['load_s']:.1f} s, forward {result['forward_s']:.1f} s, logits finite: {result['finite']}"
     )
+    print(summary)
+    replace_section(args.output, "scale-7b", format_section(args, result, write_note))
     return 0
+
+
+def format_section(args: argparse.Namespace, result: dict, write_note: str) -> str:
+    """Render the result as the "scale-7b" section of docs/benchmarks.md."""
+    command = "python benchmarks/scale_7b.py" + (f" --tokens {args.tokens}" if args.tokens != 16 else "")
+    return "\n".join(
+        [
+            "## Scale: a LLaMA-7B-shaped checkpoint",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, on the machine described above.",
+            "Random float16 weights in LLaMA-7B's shape (dim 4096, 32 layers, hidden 11008, vocab 32000),",
+            f"written as Hugging Face safetensors shards ({write_note}), then loaded in a fresh process",
+            "with `Llama.from_checkpoint(checkpoint, stream_layers=True)`, which memory-maps the shards",
+            "and upcasts one block at a time to float32.",
+            "",
+            "| measurement | value | target |",
+            "| --- | --- | --- |",
+            f"| peak resident memory | {result['peak_rss_gib']:.2f} GiB | <= 20 GiB |",
+            f"| float32 weights, if all were resident | {result['float32_weight_gib']:.1f} GiB | |",
+            f"| load (headers, embeddings, head) | {result['load_s']:.1f} s | |",
+            f"| {args.tokens}-token forward pass | {result['forward_s']:.1f} s | |",
+            f"| logits finite | {result['finite']} | |",
+        ]
+    )
 
 
 if __name__ == "__main__":
