@@ -167,3 +167,17 @@ def test_missing_source_one_line_error(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error == f"error: {tmp_path / 'absent.gguf'}: file or folder not found; pass an existing checkpoint path\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_gguf_output_runs_in_llama_cpp(smollm2_path, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the bench extra) is not installed")
+    destination = convert(smollm2_path, tmp_path / "smollm2-f32.gguf", "gguf", progress=False)
+    prompt_ids = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+
+    llm = llama_cpp.Llama(model_path=str(destination), n_ctx=64, verbose=False)
+    llm.eval(prompt_ids)
+    theirs = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+    ours = Llama.from_checkpoint(load_checkpoint(smollm2_path)).forward(np.array([prompt_ids]))[0, -1]
+
+    assert int(np.argmax(theirs)) == int(np.argmax(ours)) == 7042
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-3 * np.abs(ours).max())
