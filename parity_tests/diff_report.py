@@ -6,14 +6,13 @@ import base64
 import html
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from parity_tests.diff import DiffResult, DiffRow, tolerance_for
-from weights_tools.trace_format import LAYER_KINDS
+from weights_tools.trace_format import LAYER_KINDS, write_files_atomic
 
 HEADER = ("", "trace point", "shape", "max_abs", "max_rel", "cosine", "nmse", "bound", "result")
 
@@ -112,16 +111,9 @@ def render_plot_png(results: Sequence[DiffResult]) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write bytes to path through a temp file in the same folder and os.replace."""
+    """Write bytes to path atomically with mode 0666 & ~umask (see write_files_atomic)."""
     path = Path(path)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_files_atomic([(path, data)])
     return path
 
 

@@ -32,6 +32,7 @@ a per-head permutation of the last axis and changes no value.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weights_tools.errors import CheckpointError, GenerationError, LlamaParityError
+from weights_tools.errors import CheckpointError, GenerationError, LlamaParityError, TokenizerError
 from weights_tools.trace_format import Recorder, TraceDump, TraceSelection, implementation_version
 
 log = logging.getLogger(__name__)
@@ -230,10 +231,30 @@ def trace_hf_model(model, prompt_ids: Sequence[int], selection: TraceSelection |
     )
 
 
+def hf_layer_count(folder: str | os.PathLike) -> int | None:
+    """Return num_hidden_layers from the folder's config.json, or None when it cannot be read.
+
+    It lets --layers be checked before the weights load. load_hf_model reports a bad config.
+    """
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    n_layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    return n_layers if isinstance(n_layers, int) else None
+
+
 def dump_hf_model(folder: str | os.PathLike, prompt_ids: Sequence[int], dtype: str = "float32",
                   selection: TraceSelection | None = None) -> TraceDump:
     """Load the HF model in `folder` and trace one prefill of prompt_ids."""
+    n_layers = hf_layer_count(folder)
+    if selection is not None and n_layers is not None:
+        selection.check_layers(n_layers, str(folder))
     model = load_hf_model(folder, dtype)
+    if selection is not None:
+        selection.check_layers(model.config.num_hidden_layers, str(folder))
+    if not prompt_ids:
+        raise GenerationError("the prompt is empty; pass a longer --prompt or --prompt-ids 1,2,3")
     vocab_size = model.config.vocab_size
     if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
         raise GenerationError(f"prompt ids must lie in 0 .. {vocab_size - 1} for {folder}, got {list(prompt_ids)[:8]}")
@@ -243,10 +264,19 @@ def dump_hf_model(folder: str | os.PathLike, prompt_ids: Sequence[int], dtype: s
 def hf_prompt_ids(folder: Path, prompt: str | None, prompt_ids: str | None) -> list[int]:
     """Return --prompt-ids, or --prompt tokenized with the folder's tokenizer.json / tokenizer.model."""
     from weights_tools import cli_common
-    from weights_tools.tokenizer import load_tokenizer
+    from weights_tools.tokenizer import TOKENIZER_FILE_NAMES, load_tokenizer
 
     if (prompt is None) == (prompt_ids is None):
         raise GenerationError("pass exactly one of --prompt TEXT or --prompt-ids 1,2,3")
     if prompt_ids is not None:
         return cli_common.parse_prompt_ids(prompt_ids)
-    return list(load_tokenizer(folder).encode(prompt, bos=None))
+    # dump-hf has no --tokenizer flag, so the advice differs from load_tokenizer's own.
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILE_NAMES):
+        raise TokenizerError(
+            f"{folder}: the folder has no {' or '.join(TOKENIZER_FILE_NAMES)} to tokenize --prompt; "
+            "copy the model's tokenizer file into it, or pass --prompt-ids 1,2,3 instead of --prompt"
+        )
+    ids = list(load_tokenizer(folder).encode(prompt, bos=None))
+    if not ids:
+        raise GenerationError("the prompt tokenizes to no tokens; pass a longer --prompt or --prompt-ids 1,2,3")
+    return ids

@@ -52,7 +52,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,10 +188,29 @@ class TraceSelection:
         split_patterns: list[str] = []
         for text in patterns or ():
             if text.startswith("re:"):
-                split_patterns.append(text)
+                found = [text] if text[3:] else []
             else:
-                split_patterns.extend(part.strip() for part in text.split(",") if part.strip())
+                found = [part.strip() for part in text.split(",") if part.strip()]
+            # An empty pattern list would select every trace point, the opposite of a filter.
+            if not found:
+                raise TraceError(f"--filter {text!r} contains no pattern; write e.g. --filter 'layers.*.q_rope'")
+            split_patterns.extend(found)
         return cls(tuple(split_patterns), parse_layers(layers) if layers else None)
+
+    def check_layers(self, n_layers: int, source: str) -> None:
+        """Raise TraceError when the selection requests a block that a model with n_layers blocks lacks."""
+        if self.layers is None:
+            return
+        outside = sorted(layer for layer in self.layers if layer >= n_layers)
+        if not outside:
+            return
+        listed = ", ".join(str(layer) for layer in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        if n_layers == 0:
+            raise TraceError(f"--layers requests layer {listed}, but {source} has no layers; drop --layers")
+        raise TraceError(
+            f"--layers requests layer {listed}, but {source} has {n_layers} layers; "
+            f"choose layers in the range 0..{n_layers - 1}"
+        )
 
     def selects(self, name: str) -> bool:
         """Return True when the trace point `name` is selected."""
@@ -286,33 +305,84 @@ def _metadata_of(dump: TraceDump) -> dict[str, str]:
     }
 
 
-def write_dump(dump: TraceDump, path: str | os.PathLike) -> Path:
-    """Write a dump as safetensors, atomically: a temp file in the same folder, then os.replace.
+def serialize_dump(dump: TraceDump, path: str | os.PathLike) -> bytes:
+    """Return the safetensors bytes of a dump that will be written to path.
 
     Raises TraceError when the dump is inconsistent (unknown dtype or no activation).
     """
     from safetensors.numpy import save
 
-    path = Path(path)
     if dump.dtype not in COMPUTE_DTYPES:
         raise TraceError(f"dump dtype {dump.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
     if not dump.activations:
         raise TraceError(f"nothing to write to {path}: no trace point was recorded; check --filter and --layers")
     tensors = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in dump.activations.items()}
-    payload = save(tensors, metadata=_metadata_of(dump))
+    return save(tensors, metadata=_metadata_of(dump))
 
-    folder = path.parent if str(path.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+
+def write_dump(dump: TraceDump, path: str | os.PathLike) -> Path:
+    """Write a dump as safetensors, atomically (see write_files_atomic).
+
+    Raises TraceError when the dump is inconsistent (unknown dtype or no activation),
+    and OSError when the file cannot be written.
+    """
+    path = Path(path)
+    write_files_atomic([(path, serialize_dump(dump, path))])
     return path
+
+
+def _current_umask() -> int:
+    # os.umask is the only portable way to read the mask, and it sets a new one while reading.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_files_atomic(outputs: Sequence[tuple[Path, bytes]]) -> None:
+    """Write (path, bytes) pairs so that a failed write changes none of the target files.
+
+    Every payload first goes to a temp file beside its target, is fsynced and gets mode
+    0666 & ~umask, because the temp file starts at 0600. Only when all of them are written
+    does os.replace move each one over its target. A failure before that removes every
+    temp file and leaves the targets as they were. Raises OSError with `filename` set to
+    the target path.
+    NOTE: when os.replace fails for one target, the targets renamed before it keep
+    their new content.
+    """
+    mode = 0o666 & ~_current_umask()
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in outputs:
+            folder = path.parent if str(path.parent) else Path(".")
+            try:
+                handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+                staged.append((handle.name, path))
+                with handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    os.fchmod(handle.fileno(), mode)
+            except OSError as exc:
+                _name_target(exc, path)
+                raise
+        while staged:
+            temp_name, path = staged[0]
+            try:
+                os.replace(temp_name, path)
+            except OSError as exc:
+                _name_target(exc, path)
+                raise
+            staged.pop(0)
+    except BaseException:
+        for temp_name, _ in staged:
+            Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _name_target(error: OSError, path: Path) -> None:
+    """Point an OSError at the requested file rather than at its temp file."""
+    error.filename = os.fspath(path)
+    error.filename2 = None
 
 
 def _require_metadata(metadata: Mapping[str, str], key: str, path: Path) -> str:
