@@ -9,7 +9,7 @@ from weights_tools import cli_common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="numpy-llama", description="Run LLaMA models with the NumPy reference.")
+    parser = cli_common.ArgumentParser(prog="numpy-llama", description="Run LLaMA models with the NumPy reference.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="stream a continuation of a prompt")

@@ -84,10 +84,37 @@ def test_prompt_longer_than_context(capsys, tiny_gguf):
     assert_one_error_line(code, err, "prompt has 33 tokens", "context length is 32")
 
 
-@pytest.mark.parametrize("value", ["1,x,3", ",", "1.5"])
+@pytest.mark.parametrize("value", ["1,x,3", ",", "1.5", "1,,2", "1,", " "])
 def test_bad_prompt_ids(capsys, tiny_gguf, value):
     code, _, err = run(capsys, "generate", "--model", tiny_gguf, "--prompt-ids", value, "--ids")
     assert_one_error_line(code, err, "--prompt-ids")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["generate", "--prompt-ids", "1", "--temperature", "1", "--seed", "-1"], "--seed: must be 0 or more, got -1"),
+        (["generate", "--prompt-ids", "1", "-n", "abc"], "invalid int value: 'abc'"),
+        (["generate", "--prompt-ids", "1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, tiny_gguf, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv[:1], "--model", str(tiny_gguf), *argv[1:]] if argv[0] == "generate" else argv)
+    captured = capsys.readouterr()
+
+    assert exit_info.value.code == 2
+    assert captured.out == ""
+    assert_one_error_line(2, captured.err, fragment, "--help")
+
+
+def test_tokenizer_of_other_model(capsys, tiny_gguf, data_dir):
+    tokenizer = data_dir / "llama2_spm" / "tokenizer.model"
+    code, out, err = run(capsys, "generate", "--model", tiny_gguf, "--tokenizer", tokenizer, "-n", "1", "Hello world")
+
+    assert_one_error_line(code, err, str(tokenizer), "model's vocabulary has 64 tokens", "--tokenizer")
+    assert out == ""
 
 
 def test_no_prompt(capsys, tiny_gguf):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -143,27 +146,125 @@ def test_unusual_rope_scaling_to_gguf_rejected(tmp_path):
     assert list(output_folder.iterdir()) == []
 
 
-def test_existing_output_needs_force(tmp_path, capsys):
+def _tiny_gguf(tmp_path):
     config = tiny_config()
-    source = write_gguf(tmp_path / "source.gguf", config, random_weights(config))
-    destination = tmp_path / "canonical"
-    destination.mkdir()
-    (destination / "old.txt").write_text("keep me")
+    return write_gguf(tmp_path / "source.gguf", config, random_weights(config))
 
-    assert main([str(source), str(destination), "--to", "safetensors", "--quiet"]) == 1
+
+def _one_error_line(capsys) -> str:
     error = capsys.readouterr().err
-    assert error.startswith("error: ")
-    assert error.count("\n") == 1
-    assert "pass --force to overwrite it" in error
-    assert (destination / "old.txt").read_text() == "keep me"
+    assert error.startswith("error: "), error
+    assert error.count("\n") == 1, error
+    return error
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    source = _tiny_gguf(tmp_path)
+    destination = tmp_path / "canonical"
+    assert main([str(source), str(destination), "--to", "safetensors", "--quiet"]) == 0
+    first = (destination / "model.safetensors").read_bytes()
+
+    assert main([str(source), str(destination), "--to", "safetensors", "--quiet"]) == 2
+    assert "pass --force to overwrite it" in _one_error_line(capsys)
 
     assert main([str(source), str(destination), "--to", "safetensors", "--quiet", "--force"]) == 0
     assert sorted(p.name for p in destination.iterdir()) == ["config.json", "model.safetensors"]
+    assert (destination / "model.safetensors").read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["canonical", "source.gguf"]
 
 
+@pytest.mark.parametrize("to", ["safetensors", "hf"])
+def test_force_keeps_folder_without_checkpoint(tmp_path, capsys, to):
+    source = _tiny_gguf(tmp_path)
+    destination = tmp_path / "precious"
+    (destination / "sub").mkdir(parents=True)
+    (destination / "notes.txt").write_text("keep me")
+
+    assert main([str(source), str(destination), "--to", to, "--quiet", "--force"]) == 2
+    assert "holds files but no checkpoint" in _one_error_line(capsys)
+    assert (destination / "notes.txt").read_text() == "keep me"
+    assert (destination / "sub").is_dir()
+
+
+def test_force_gguf_onto_folder_rejected(tmp_path, capsys):
+    source = _tiny_gguf(tmp_path)
+    (tmp_path / "folder").mkdir()
+
+    assert main([str(source), str(tmp_path / "folder"), "--to", "gguf", "--quiet", "--force"]) == 2
+    assert "--to gguf writes a file" in _one_error_line(capsys)
+    assert (tmp_path / "folder").is_dir()
+
+
+@pytest.mark.parametrize("to", ["gguf", "safetensors"])
+def test_destination_overlapping_source_rejected(tmp_path, capsys, to):
+    source = _tiny_gguf(tmp_path)
+    before = source.read_bytes()
+    destination = source if to == "gguf" else tmp_path
+
+    assert main([str(source), str(destination), "--to", to, "--quiet", "--force"]) == 2
+    assert "overlaps the source checkpoint" in _one_error_line(capsys)
+    assert source.read_bytes() == before
+
+
+def test_destination_current_folder_rejected(tmp_path, capsys, monkeypatch):
+    source = _tiny_gguf(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    for destination in (".", ".."):
+        assert main([str(source), destination, "--to", "hf", "--quiet", "--force"]) == 2
+        assert "current folder" in _one_error_line(capsys)
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("to", ["safetensors", "hf", "gguf"])
+def test_output_gets_usual_modes(tmp_path, to):
+    source = _tiny_gguf(tmp_path)
+    old_umask = os.umask(0o022)
+    try:
+        destination = convert(source, _destination(tmp_path, to), to, progress=False)
+    finally:
+        os.umask(old_umask)
+
+    entries = [destination, *destination.rglob("*")] if destination.is_dir() else [destination]
+    for entry in entries:
+        expected = 0o755 if entry.is_dir() else 0o644
+        assert stat.S_IMODE(entry.stat().st_mode) == expected, entry
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["only-source"], "the following arguments are required"),
+        (["a.gguf", "b", "--to", "onnx"], "invalid choice: 'onnx'"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = _one_error_line(capsys)
+    assert message in error
+    assert "llama-convert --help" in error
+
+
+def test_interrupt_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import weights_tools.convert as convert_module
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_module, "write_hf", interrupted)
+    source = _tiny_gguf(tmp_path)
+
+    assert main([str(source), str(tmp_path / "out"), "--to", "hf", "--quiet"]) == 130
+    assert _one_error_line(capsys) == "error: interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source.gguf"]
+
+
 def test_missing_source_one_line_error(tmp_path, capsys):
-    assert main([str(tmp_path / "absent.gguf"), str(tmp_path / "out"), "--to", "hf"]) == 1
+    assert main([str(tmp_path / "absent.gguf"), str(tmp_path / "out"), "--to", "hf"]) == 2
     error = capsys.readouterr().err
     assert error == f"error: {tmp_path / 'absent.gguf'}: file or folder not found; pass an existing checkpoint path\n"
     assert not (tmp_path / "out").exists()

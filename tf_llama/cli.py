@@ -44,7 +44,7 @@ def import_tensorflow_quietly() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tf-llama", description="Run LLaMA models with the Keras 3 / TensorFlow twin.")
+    parser = cli_common.ArgumentParser(prog="tf-llama", description="Run LLaMA models with the Keras 3 / TensorFlow twin.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="stream a continuation of a prompt")

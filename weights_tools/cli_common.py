@@ -16,6 +16,29 @@ from weights_tools.errors import GenerationError, LlamaParityError, TokenizerErr
 log = logging.getLogger(__name__)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose usage errors are one `error:` line and exit status 2.
+
+    argparse prints the whole usage block before its message; the commands here print
+    every error as one line, so scripts and users see the same form for every mistake.
+    Subparsers made with add_subparsers inherit this class.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; run '{self.prog} --help' for usage\n")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts and seeds: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -47,7 +70,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-p", type=float, default=1.0, help="nucleus sampling: smallest token set with probability >= P; 1 disables"
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="random seed for sampling (an integer >= 0)")
     parser.add_argument(
         "--prompt-ids", type=str, default=None, help="comma-separated prompt token ids instead of prompt text"
     )
@@ -72,8 +95,15 @@ def load_model_checkpoint(path: Path | None) -> Checkpoint:
     return load_checkpoint(resolve_model_path(path))
 
 
-def load_model_tokenizer(checkpoint: Checkpoint, tokenizer_path: Path | None):
-    """Return the tokenizer from --tokenizer, else the one embedded in or beside the checkpoint."""
+NO_TOKENIZER_FIX = "pass --tokenizer PATH, or --prompt-ids 1,2,3 with --ids"
+
+
+def load_model_tokenizer(checkpoint: Checkpoint, tokenizer_path: Path | None, fix: str = NO_TOKENIZER_FIX):
+    """Return the tokenizer from --tokenizer, else the one embedded in or beside the checkpoint.
+
+    `fix` is the advice of the TokenizerError raised when there is none, so each command
+    can name its own flags.
+    """
     from weights_tools import tokenizer as tokenizers
 
     if tokenizer_path is not None:
@@ -86,9 +116,7 @@ def load_model_tokenizer(checkpoint: Checkpoint, tokenizer_path: Path | None):
         for name in ("tokenizer.json", "tokenizer.model"):
             if (folder / name).is_file():
                 return tokenizers.load_tokenizer(folder / name)
-    raise TokenizerError(
-        f"{checkpoint.path}: the checkpoint has no tokenizer; pass --tokenizer PATH, or --prompt-ids 1,2,3 with --ids"
-    )
+    raise TokenizerError(f"{checkpoint.path}: the checkpoint has no tokenizer; {fix}")
 
 
 def stop_ids_for(checkpoint: Checkpoint, tokenizer) -> set[int]:
@@ -101,13 +129,12 @@ def stop_ids_for(checkpoint: Checkpoint, tokenizer) -> set[int]:
 
 def parse_prompt_ids(text: str) -> list[int]:
     """Parse '1,2,3' into [1, 2, 3]."""
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise GenerationError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
-    if not ids:
+    if not text.strip():
         raise GenerationError("--prompt-ids is empty: give at least one token id, e.g. --prompt-ids 1")
-    return ids
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise GenerationError(f"--prompt-ids must be comma-separated integers such as 1,2,3, got {text!r}") from None
 
 
 def prompt_bos_choice(args: argparse.Namespace) -> bool | None:
@@ -150,9 +177,22 @@ def prepare_prompt(args: argparse.Namespace, checkpoint: Checkpoint):
     else:
         tokenizer = load_model_tokenizer(checkpoint, args.tokenizer)
         prompt_ids = tokenizer.encode(check_text(args.prompt, "prompt"), bos=prompt_bos_choice(args))
+        check_tokenizer_fits(prompt_ids, checkpoint, args.tokenizer)
     if not args.ids and tokenizer is None:
         tokenizer = load_model_tokenizer(checkpoint, args.tokenizer)
     return prompt_ids, tokenizer
+
+
+def check_tokenizer_fits(prompt_ids: list[int], checkpoint: Checkpoint, tokenizer_path: Path | None) -> None:
+    """Raise TokenizerError when the tokenizer produced an id the model has no embedding for."""
+    vocab_size = checkpoint.config.vocab_size
+    too_large = [token for token in prompt_ids if token >= vocab_size]
+    if too_large:
+        source = tokenizer_path if tokenizer_path is not None else checkpoint.path
+        raise TokenizerError(
+            f"{source}: the tokenizer produced token id {max(too_large)}, but the model's vocabulary has "
+            f"{vocab_size} tokens; pass the tokenizer that belongs to this model with --tokenizer"
+        )
 
 
 @dataclass

@@ -29,10 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from weights_tools.canonical import WEIGHTS_FILE, canonical_config_json
+from weights_tools.cli_common import ArgumentParser, run_cli
 from weights_tools.checkpoint import Checkpoint
 from weights_tools.errors import CheckpointError, LlamaParityError
 from weights_tools.hf_reader import hf_tensor_name, interleaved_to_rotate_half
-from weights_tools.loader import load_checkpoint
+from weights_tools.loader import checkpoint_root, detect_format, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +203,25 @@ def atomic_output(destination: Path, is_folder: bool, force: bool) -> Iterator[P
         handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=parent)
         os.close(handle)
         temporary = Path(name)
-    # mkdtemp and mkstemp create private 0700/0600 entries; give the output the usual mode.
-    temporary.chmod((0o777 if is_folder else 0o666) & ~_current_umask())
     try:
         yield temporary
+        _set_usual_modes(temporary)
         _replace(temporary, destination)
     except BaseException:
         _remove(temporary)
         raise
+
+
+def _set_usual_modes(path: Path) -> None:
+    """Give path and everything under it the mode a plain open() or mkdir() would.
+
+    mkdtemp and mkstemp create private 0700/0600 entries, and the safetensors library
+    writes its files 0600, so without this the output would be unreadable to others.
+    """
+    umask = _current_umask()
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in entries:
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
 
 
 def _current_umask() -> int:
@@ -246,19 +258,60 @@ def convert(
     if to not in TARGETS:
         raise CheckpointError(None, f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
     destination = Path(destination)
+    check_destination(Path(source), destination, to, force)
     checkpoint = load_checkpoint(source)
     writers = {"safetensors": write_canonical, "hf": write_hf, "gguf": write_gguf}
     try:
-        with atomic_output(destination, is_folder=(to != "gguf"), force=force) as temporary:
+        # An absolute path gives '.' or 'out/' a name for the temporary entry beside it.
+        with atomic_output(Path(os.path.abspath(destination)), is_folder=(to != "gguf"), force=force) as temporary:
             writers[to](checkpoint, temporary, progress)
     except OSError as exc:
-        raise CheckpointError(destination, f"cannot write the output: {exc}") from None
+        raise CheckpointError(
+            destination, f"cannot write the output ({exc}); choose a writable folder with enough free space"
+        ) from None
     log.info("wrote %s (%s) from %s", destination, to, source)
     return destination
 
 
+def check_destination(source: Path, destination: Path, to: str, force: bool) -> None:
+    """Raise CheckpointError unless writing `to` at destination is safe.
+
+    The destination must not overlap the source checkpoint or contain the current folder.
+    An existing destination needs force, and even then it is replaced only when it is what
+    the conversion would write: a file for gguf, or an empty folder or a folder that contains
+    a checkpoint for safetensors and hf. A folder of other files is never deleted.
+    """
+    source_root = checkpoint_root(source).resolve()
+    target = destination.resolve()
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise CheckpointError(destination, "the destination is the current folder or contains it; choose a new path such as out/model")
+    if target == source_root or source_root in target.parents or target in source_root.parents:
+        raise CheckpointError(destination, f"the destination overlaps the source checkpoint {source}; choose another path")
+    if not os.path.lexists(destination):
+        return
+    if not force:
+        raise CheckpointError(destination, "output already exists; pass --force to overwrite it")
+
+    if to == "gguf":
+        if not destination.is_file():
+            raise CheckpointError(
+                destination, "--to gguf writes a file, and --force replaces only a file; choose a path such as model.gguf"
+            )
+        return
+    if not destination.is_dir():
+        raise CheckpointError(destination, f"--to {to} writes a folder, but this is a file; choose a folder path")
+    if any(destination.iterdir()):
+        try:
+            detect_format(destination)
+        except CheckpointError:
+            raise CheckpointError(
+                destination,
+                "the folder holds files but no checkpoint, so --force does not replace it; choose another destination",
+            ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="llama-convert",
         description="Convert a LLaMA checkpoint (GGUF, Meta .pth, Hugging Face, llama2.c .bin or "
         "canonical safetensors) to another format.",
@@ -271,17 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the llama-convert command line; return the process exit status."""
+def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        path = convert(args.source, args.destination, args.to, force=args.force, progress=not args.quiet)
-    except LlamaParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    path = convert(args.source, args.destination, args.to, force=args.force, progress=not args.quiet)
     print(f"wrote {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the llama-convert command line; bad input exits 2 with one `error:` line, Ctrl-C 130."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":
