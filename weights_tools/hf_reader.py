@@ -16,7 +16,6 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
-import ml_dtypes
 import numpy as np
 
 from weights_tools.checkpoint import Checkpoint, TensorInfo, check_layer_count, expected_shapes
@@ -53,7 +52,9 @@ DEFAULT_RMS_NORM_EPS = 1e-6
 DEFAULT_ROPE_THETA = 10000.0
 DEFAULT_MAX_POSITION_EMBEDDINGS = 2048
 
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16)}
+# Safetensors dtypes this reader supports. BF16 maps to ml_dtypes.bfloat16, imported only
+# when a BF16 tensor is read because importing ml_dtypes takes about a second.
+_DTYPES = ("F32", "F16", "BF16")
 
 
 def canonical_tensor_name(hf_name: str) -> str | None:
@@ -254,12 +255,14 @@ class SafetensorsFile:
             return handle.get_tensor(name).astype(np.float32, copy=False)
 
     def _load_raw(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        import ml_dtypes
+
         with self.path.open("rb") as handle:
             (header_size,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(header_size))
         start, end = header[name]["data_offsets"]
         data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=8 + header_size + start, shape=(end - start,))
-        return data.view(_DTYPES["BF16"]).reshape(shape)
+        return data.view(ml_dtypes.bfloat16).reshape(shape)
 
 
 def _make_loader(file: SafetensorsFile, name: str, permute_heads: int | None) -> Callable[[], np.ndarray]:
