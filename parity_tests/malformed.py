@@ -409,7 +409,7 @@ def _gguf_cases() -> list[MalformedCase]:
     malformed = "truncated or malformed"
     tensor_info = b"token_embd.weight"  # then n_dims u32, dims u64 x n_dims, type u32, offset u64
     return [
-        MalformedCase("gguf-empty-file", "checkpoint", truncated(lambda size: 0), CheckpointError, ("not a gguf file",)),
+        MalformedCase("gguf-empty-file", "checkpoint", truncated(lambda size: 0), CheckpointError, ("truncated: 0 bytes",)),
         MalformedCase("gguf-truncated-in-header", "checkpoint", truncated(lambda size: 10), CheckpointError, (malformed,)),
         MalformedCase("gguf-truncated-in-metadata", "checkpoint", truncated(lambda size: 200), CheckpointError, (malformed,)),
         MalformedCase("gguf-truncated-in-tensor-data", "checkpoint", truncated(lambda size: size // 2), CheckpointError, (malformed,)),
@@ -538,6 +538,7 @@ def _meta_cases() -> list[MalformedCase]:
         MalformedCase("params-layers-huge", "checkpoint", params(lambda p: p.update(n_layers=2**31 - 1)), CheckpointError, ("2147483647 layers need", "[n_layers]")),
         MalformedCase("params-heads-do-not-divide", "checkpoint", params(lambda p: p.update(n_heads=5, n_kv_heads=5)), ConfigError, ("'n_heads'", "divisible")),
         MalformedCase("params-vocab-mismatch", "checkpoint", params(lambda p: p.update(vocab_size=100)), ConfigError, ("'vocab_size'", "100")),
+        MalformedCase("params-dim-mismatch", "checkpoint", params(lambda p: p.update(dim=64)), ConfigError, ("'dim'", "32 columns")),
         MalformedCase("params-hidden-dim-mismatch", "checkpoint", params(lambda p: p.update(multiple_of=64)), ConfigError, ("'multiple_of'", "128")),
     ]
 

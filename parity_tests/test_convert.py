@@ -181,7 +181,7 @@ def test_force_keeps_folder_without_checkpoint(tmp_path, capsys, to):
     (destination / "notes.txt").write_text("keep me")
 
     assert main([str(source), str(destination), "--to", to, "--quiet", "--force"]) == 2
-    assert "holds files but no checkpoint" in _one_error_line(capsys)
+    assert "contains files but no checkpoint" in _one_error_line(capsys)
     assert (destination / "notes.txt").read_text() == "keep me"
     assert (destination / "sub").is_dir()
 

@@ -306,7 +306,7 @@ def check_destination(source: Path, destination: Path, to: str, force: bool) -> 
         except CheckpointError:
             raise CheckpointError(
                 destination,
-                "the folder holds files but no checkpoint, so --force does not replace it; choose another destination",
+                "the folder contains files but no checkpoint, so --force does not replace it; choose another destination",
             ) from None
 
 

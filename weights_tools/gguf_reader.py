@@ -83,6 +83,11 @@ def _check_header(path: Path) -> None:
         raise CheckpointError(path, "file not found; pass an existing .gguf file with --model")
     if not path.is_file():
         raise CheckpointError(path, "not a regular file")
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(
+            path, f"file is truncated: {size} bytes, shorter than the 8-byte GGUF magic and version; copy it again"
+        )
     with path.open("rb") as handle:
         header = handle.read(8)
     magic = header[:4]
@@ -132,8 +137,11 @@ def _open_reader(path: Path) -> Any:
     try:
         return _reader_class()(path, "r")
     except (ValueError, IndexError, KeyError, OSError, struct.error, UnicodeDecodeError, OverflowError) as exc:
+        size = path.stat().st_size
         raise CheckpointError(
-            path, f"cannot parse GGUF file, it is truncated or malformed ({type(exc).__name__}: {exc})"
+            path,
+            f"cannot parse GGUF file of {size} bytes, it is truncated or malformed ({type(exc).__name__}: {exc}); "
+            "compare its size with the original and download or copy it again",
         ) from None
 
 

@@ -43,6 +43,8 @@ def detect_format(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "file or folder not found; pass an existing checkpoint path")
+    if not path.is_file() and not path.is_dir():
+        raise CheckpointError(path, "not a regular file or folder; pass a checkpoint file or folder")
     if path.is_file():
         magic = _read_magic(path)
         if path.suffix == ".gguf" or magic == GGUF_MAGIC:

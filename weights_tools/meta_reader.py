@@ -83,7 +83,7 @@ def read_params(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(PARAMS_FILE, f"invalid JSON: {exc}", path) from None
     if not isinstance(params, dict):
-        raise ConfigError(PARAMS_FILE, "expected a JSON object", path)
+        raise ConfigError(PARAMS_FILE, f"the file must contain a JSON object, got a {type(params).__name__}", path)
     return params
 
 
@@ -94,7 +94,8 @@ def _number(params: dict[str, Any], key: str, path: Path, kind: type, default: A
         return default
     value = params[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(key, f"expected a {kind.__name__}, got {value!r}", path)
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(key, f"expected {expected}, got {value!r}", path)
     return kind(value)
 
 
@@ -239,6 +240,13 @@ def load_meta(folder: str | os.PathLike) -> Checkpoint:
 def _check_against_params(checkpoint: Checkpoint, params_path: Path, infos: dict[str, TensorInfo]) -> None:
     """Raise an error naming the params.json field behind a shape mismatch, when there is one."""
     config = checkpoint.config
+    embedding = infos["tok_embeddings.weight"]
+    if len(embedding.shape) == 2 and embedding.shape[1] != config.dim:
+        raise ConfigError(
+            "dim",
+            f"params.json says {config.dim} but tok_embeddings.weight has {embedding.shape[1]} columns",
+            params_path,
+        )
     w1 = infos.get("layers.0.feed_forward.w1.weight")
     if w1 is not None and w1.shape[0] != config.hidden_dim:
         raise ConfigError(
@@ -247,7 +255,6 @@ def _check_against_params(checkpoint: Checkpoint, params_path: Path, infos: dict
             f"but layers.0.feed_forward.w1.weight has {w1.shape[0]} rows",
             params_path,
         )
-    embedding = infos["tok_embeddings.weight"]
     if embedding.shape[0] != config.vocab_size:
         raise ConfigError(
             "vocab_size",
