@@ -30,6 +30,7 @@ demo: install
 	$(BIN)/numpy-llama generate -n $(DEMO_TOKENS) "$(PROMPT)"
 	@if [ -x $(BIN)/tf-llama ]; then \
 		echo "== tf_llama (Keras 3 / TensorFlow) =="; \
+		echo '$(BIN)/tf-llama generate -n $(DEMO_TOKENS) "$(PROMPT)"'; \
 		$(BIN)/tf-llama generate -n $(DEMO_TOKENS) "$(PROMPT)"; \
 	fi
 
