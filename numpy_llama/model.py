@@ -41,10 +41,10 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     x: [..., D], weight: [D] -> [..., D] in x's dtype. The mean square is taken in float32,
     because in float16 the sum of squares overflows once |x| reaches about 256 / sqrt(D).
     """
-    x32 = x.astype(np.float32)
+    x32 = x.astype(np.float32, copy=False)
     mean_square = np.mean(x32 * x32, axis=-1, keepdims=True)
-    normed = (x32 / np.sqrt(mean_square + eps)).astype(x.dtype)
-    return normed * weight.astype(x.dtype)
+    normed = (x32 / np.sqrt(mean_square + eps)).astype(x.dtype, copy=False)
+    return normed * weight.astype(x.dtype, copy=False)
 
 
 def llama3_scale_frequencies(inv_freq: np.ndarray, scaling: RopeScaling) -> np.ndarray:
@@ -101,7 +101,7 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     This is Meta's layout. Hugging Face's "rotate-half" layout pairs x[i] with x[i + Hd/2]
     instead; the weights differ by a row permutation of wq and wk, not the math.
     """
-    x32 = x.astype(np.float32)
+    x32 = x.astype(np.float32, copy=False)
     x_even = x32[..., 0::2]
     x_odd = x32[..., 1::2]
     cos = cos[None, :, None, :]
@@ -137,7 +137,7 @@ def causal_mask(seq_len: int, start_pos: int) -> np.ndarray:
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """softmax(x)_j = exp(x_j - max x) / sum_k exp(x_k - max x), in float32."""
-    x32 = x.astype(np.float32)
+    x32 = x.astype(np.float32, copy=False)
     shifted = np.exp(x32 - np.max(x32, axis=axis, keepdims=True))
     return shifted / np.sum(shifted, axis=axis, keepdims=True)
 
@@ -153,9 +153,9 @@ def scaled_dot_product_attention(
     """
     head_dim = q.shape[-1]
     # Heads become a batch axis so that matmul runs one BLAS product per (batch, head).
-    q_heads = q.astype(np.float32).transpose(0, 2, 1, 3)  # [B, H, S, Hd]
-    k_heads = k.astype(np.float32).transpose(0, 2, 3, 1)  # [B, H, Hd, T]
-    v_heads = v.astype(np.float32).transpose(0, 2, 1, 3)  # [B, H, T, Hd]
+    q_heads = q.astype(np.float32, copy=False).transpose(0, 2, 1, 3)  # [B, H, S, Hd]
+    k_heads = k.astype(np.float32, copy=False).transpose(0, 2, 3, 1)  # [B, H, Hd, T]
+    v_heads = v.astype(np.float32, copy=False).transpose(0, 2, 1, 3)  # [B, H, T, Hd]
 
     scores = q_heads @ k_heads / np.sqrt(head_dim) + mask  # [B, H, S, T]
     probs = softmax(scores, axis=-1)
@@ -231,6 +231,8 @@ def attention(
     end_pos = start_pos + seq_len
     cache_k[:batch, start_pos:end_pos] = k
     cache_v[:batch, start_pos:end_pos] = v
+    # NOTE: repeat_kv copies the cached keys and values for every layer and token, which at
+    # thousands of positions moves more bytes than the layer's weights.
     keys = repeat_kv(cache_k[:batch, :end_pos], n_heads // n_kv_heads)
     values = repeat_kv(cache_v[:batch, :end_pos], n_heads // n_kv_heads)
 
@@ -450,7 +452,7 @@ class Llama:
         if tracer is not None:
             tracer("final_norm", h)
 
-        logits = linear(h, self.weights["output.weight"]).astype(np.float32)
+        logits = linear(h, self.weights["output.weight"]).astype(np.float32, copy=False)
         if tracer is not None:
             tracer("logits", logits)
         return logits
