@@ -237,7 +237,7 @@ def bench_llama_cpp(model_path: str) -> dict:
 
 ENGINES = {
     "numpy": ("NumPy (numpy_llama)", bench_numpy, "numpy_llama"),
-    "tensorflow": ("TensorFlow (tf_llama, compiled)", bench_tensorflow, "tensorflow"),
+    "tensorflow": ("TensorFlow (tf_llama, tf.function, XLA decode step)", bench_tensorflow, "tensorflow"),
     "transformers": ("Hugging Face transformers (eager, float32)", bench_transformers, "transformers"),
     "llama.cpp": ("llama.cpp (llama-cpp-python, GGUF as stored)", bench_llama_cpp, "llama_cpp"),
 }

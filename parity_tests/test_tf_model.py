@@ -126,6 +126,33 @@ def test_decode_traced_once(tf_model):
     assert generator.prefill_traces == 1
 
 
+@pytest.mark.parametrize("jit_compile", [True, False], ids=["xla", "graph"])
+def test_decode_step_matches_forward(tf_model, jit_compile):
+    tokens = np.array([[4, 8, 15, 16, 23, 42]])
+    generator = Generator(tf_model, jit_compile=jit_compile)
+    # A cache longer than the sequence: decode attends over its unused rows, masked.
+    cache = tf_model.new_cache(1, 10)
+    _, caches = generator.prefill(tf.constant(tokens[:, :3], tf.int32), cache.as_tuple())
+
+    steps = []
+    for position in range(3, 6):
+        logits, caches = generator.decode(tf.constant(tokens[:, position : position + 1], tf.int32), tf.constant(position), caches)
+        steps.append(logits.numpy()[0])
+
+    expected = tf_model.forward(tokens)[0, 3:]
+    np.testing.assert_allclose(np.stack(steps), expected, rtol=1e-5, atol=1e-5)
+    assert generator.decode_traces == 1
+
+
+def test_compile_runs_xla_before_generation(tf_model):
+    generator = Generator(tf_model, jit_compile=True)
+    generator.compile(batch=1, max_seq_len=8)
+
+    assert list(generator.generate([1, 2, 3], 5)) == list(Generator(tf_model, jit_compile=False).generate([1, 2, 3], 5))
+    assert generator.decode_traces == 1
+    assert generator.prefill_traces == 1
+
+
 def test_greedy_matches_spec(tf_model, spec_model):
     prompt = [5, 17, 33]
     expected = list(spec_generate(spec_model, prompt, 20, SpecSamplingParams()))
@@ -196,12 +223,13 @@ def tiny_gguf(checkpoint, tmp_path_factory):
     return write_gguf(path, config, {name: checkpoint[name] for name in checkpoint}), config
 
 
-def test_cli_generate_ids(tiny_gguf, capsys, checkpoint):
+@pytest.mark.parametrize("extra", [[], ["--no-xla"]], ids=["xla", "no-xla"])
+def test_cli_generate_ids(tiny_gguf, capsys, checkpoint, extra):
     path, config = tiny_gguf
     spec_model = Llama.from_checkpoint(random_checkpoint(config, seed=3))
     expected = list(spec_generate(spec_model, [3, 1, 4], 6, SpecSamplingParams()))
 
-    code = cli.main(["generate", "--model", str(path), "--prompt-ids", "3,1,4", "--ids", "-n", "6"])
+    code = cli.main(["generate", "--model", str(path), "--prompt-ids", "3,1,4", "--ids", "-n", "6", *extra])
     output = capsys.readouterr()
     assert code == 0
     assert output.out.strip() == ",".join(str(token) for token in expected)

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--dtype", choices=DTYPE_CHOICES, default="float32", help="compute dtype of weights and activations (default float32)"
     )
+    generate.add_argument(
+        "--no-xla", action="store_true", help="run the decode step in TensorFlow's graph executor instead of compiling it with XLA"
+    )
 
     info = commands.add_parser("info", help="print the config and the tensor table of a checkpoint")
     cli_common.add_model_argument(info)
@@ -72,14 +75,14 @@ def command_generate(args: argparse.Namespace) -> int:
     check_request(prompt_ids, args.max_new_tokens, model)
     stop_ids = cli_common.stop_ids_for(checkpoint, tokenizer)
 
-    generator = generator_for(model)
+    generator = generator_for(model, jit_compile=not args.no_xla)
     trace_start = time.perf_counter()
-    generator.compile()
+    generator.compile(batch=1, max_seq_len=len(prompt_ids) + args.max_new_tokens)
     trace_seconds = time.perf_counter() - trace_start
 
     tokens = generator.generate(prompt_ids, args.max_new_tokens, params, stop_ids)
     timing = cli_common.stream_tokens(tokens, args, prompt_ids, tokenizer, stop_ids)
-    print(f"tracing: {trace_seconds:.2f} s, {timing.summary()}", file=sys.stderr)
+    print(f"tracing and compiling: {trace_seconds:.2f} s, {timing.summary()}", file=sys.stderr)
     return 0
 
 

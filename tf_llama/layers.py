@@ -166,10 +166,16 @@ class RotaryEmbedding(keras.layers.Layer):
         return config
 
 
-def causal_mask(seq_len, start_pos) -> tf.Tensor:
-    """Additive float32 mask [S, T], T = start_pos + S: 0 where key j <= start_pos + i, else -inf."""
+def causal_mask(seq_len, start_pos, n_keys=None) -> tf.Tensor:
+    """Additive float32 mask [S, n_keys]: 0 where key j <= start_pos + i, else -inf.
+
+    n_keys defaults to start_pos + S. A longer n_keys (the whole cache) masks the rows
+    after the current position as well.
+    """
     query_positions = tf.cast(start_pos, tf.int32) + tf.range(seq_len)[:, None]
-    key_positions = tf.range(tf.cast(start_pos, tf.int32) + seq_len)[None, :]
+    if n_keys is None:
+        n_keys = tf.cast(start_pos, tf.int32) + seq_len
+    key_positions = tf.range(n_keys)[None, :]
     return tf.where(key_positions <= query_positions, 0.0, float("-inf"))
 
 
@@ -193,6 +199,12 @@ class Attention(keras.layers.Layer):
     with x: [B, S, D] and caches [B, max_seq_len, K, Hd] returns (out [B, S, D], cache_k,
     cache_v), the caches with this call's keys and values written at start_pos. Attention
     scores and the softmax are float32.
+
+    Queries attend over every row of the cache, and the causal mask also hides the rows
+    after start_pos + S, so scores are [B, H, S, max_seq_len]. Shapes then do not depend on
+    the position, and one XLA compilation of the decode step serves every position. The
+    masked rows get probability exactly 0, so the output equals attention over the first
+    start_pos + S rows.
     """
 
     def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, rope_theta: float = 10000.0,
@@ -240,13 +252,13 @@ class Attention(keras.layers.Layer):
 
         cache_k = update_cache(cache_k, k, start_pos)
         cache_v = update_cache(cache_v, v, start_pos)
-        end_pos = tf.cast(start_pos, tf.int32) + seq_len
         n_rep = self.n_heads // self.n_kv_heads
-        keys = tf.repeat(cache_k[:, :end_pos], n_rep, axis=2)
-        values = tf.repeat(cache_v[:, :end_pos], n_rep, axis=2)
+        keys = tf.repeat(cache_k, n_rep, axis=2)
+        values = tf.repeat(cache_v, n_rep, axis=2)
 
         scores = tf.einsum("bshd,bthd->bhst", tf.cast(q, tf.float32), tf.cast(keys, tf.float32))
-        scores = scores / math.sqrt(self.head_dim) + causal_mask(seq_len, start_pos)
+        mask = causal_mask(seq_len, start_pos, tf.shape(cache_k)[1])
+        scores = scores / math.sqrt(self.head_dim) + mask
         probs = tf.nn.softmax(scores, axis=-1)
         emit(tracer, prefix + "attn_scores", scores)
         emit(tracer, prefix + "attn_probs", probs)
