@@ -134,14 +134,23 @@ def dump_path_for(out: Path, implementation: str, n_runs: int) -> Path:
     return out.with_name(f"{out.stem}.{implementation}{out.suffix or '.safetensors'}")
 
 
-def check_output_paths(outputs: Sequence[tuple[str, Path]], inputs: Sequence[Path] = ()) -> None:
+def check_output_paths(
+    outputs: Sequence[tuple[str, Path]], inputs: Sequence[Path] = (), model: tuple[str, Path | None] = ("--model", None)
+) -> None:
     """Raise LlamaParityError unless every (flag, path) output can be created before anything runs.
 
     Each path's folder must exist and be writable, the path must not be a folder, and no
-    path may also be another output or one of the `inputs`.
+    path may also be another output, one of the `inputs`, or the model checkpoint given as
+    (flag, path): neither its file nor a file inside its folder.
     """
     claimed = {Path(path).resolve(): "--against" for path in inputs}
+    model_flag, model_path = model
+    model_root = Path(model_path).resolve() if model_path is not None else None
     for flag, path in outputs:
+        if model_root is not None and (path.resolve() == model_root or model_root in path.resolve().parents):
+            raise LlamaParityError(
+                f"{flag} {path} would overwrite the checkpoint given with {model_flag} {model_path}; choose another path"
+            )
         reject_folder(flag, path)
         folder = path.parent
         if not folder.is_dir():
@@ -251,7 +260,7 @@ def check_diff_arguments(args: argparse.Namespace, implementations: list[str]) -
                 f"--impl {args.impl} runs {repeated[0]} twice, and --dump names each dump after its "
                 "implementation; drop --dump or the repeated name"
             )
-    check_output_paths(diff_outputs(args, implementations), args.against)
+    check_output_paths(diff_outputs(args, implementations), args.against, ("--model", args.model))
 
 
 def render_diff_outputs(args: argparse.Namespace, implementations: list[str], runs: list[TraceDump],
@@ -301,7 +310,7 @@ def command_diff(args: argparse.Namespace) -> int:
 
 
 def command_dump(args: argparse.Namespace) -> int:
-    check_output_paths([("--out", args.out)])
+    check_output_paths([("--out", args.out)], model=("--model", args.model))
     (dump,) = run_sources(args, [args.impl])
     write_outputs([(args.out, serialize_dump(dump, args.out))])
     print(f"wrote {len(dump.activations)} activations to {args.out}")
@@ -311,7 +320,7 @@ def command_dump(args: argparse.Namespace) -> int:
 def command_dump_hf(args: argparse.Namespace) -> int:
     from parity_tests.hf_dump import dump_hf_model, hf_prompt_ids
 
-    check_output_paths([("--out", args.out)])
+    check_output_paths([("--out", args.out)], model=("--hf-model", args.hf_model))
     selection = selection_from(args)
     ids = hf_prompt_ids(args.hf_model, args.prompt, args.prompt_ids)
     dump = dump_hf_model(args.hf_model, ids, args.dtype, selection)

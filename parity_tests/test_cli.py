@@ -109,11 +109,12 @@ def test_usage_errors_are_one_line(capsys, tiny_gguf, argv, fragment):
     assert_one_error_line(2, captured.err, fragment, "--help")
 
 
-def test_tokenizer_of_other_model(capsys, tiny_gguf, data_dir):
+@pytest.mark.parametrize("prompt", [["Hello world"], ["a"], ["--prompt-ids", "1", "-n", "2"]], ids=["text", "short-text", "ids-out"])
+def test_tokenizer_of_other_model(capsys, tiny_gguf, data_dir, prompt):
     tokenizer = data_dir / "llama2_spm" / "tokenizer.model"
-    code, out, err = run(capsys, "generate", "--model", tiny_gguf, "--tokenizer", tokenizer, "-n", "1", "Hello world")
+    code, out, err = run(capsys, "generate", "--model", tiny_gguf, "--tokenizer", tokenizer, "-n", "1", *prompt)
 
-    assert_one_error_line(code, err, str(tokenizer), "model's vocabulary has 64 tokens", "--tokenizer")
+    assert_one_error_line(code, err, str(tokenizer), "has 32000 tokens, but the model's vocabulary has 64", "--tokenizer")
     assert out == ""
 
 

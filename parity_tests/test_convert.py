@@ -181,9 +181,85 @@ def test_force_keeps_folder_without_checkpoint(tmp_path, capsys, to):
     (destination / "notes.txt").write_text("keep me")
 
     assert main([str(source), str(destination), "--to", to, "--quiet", "--force"]) == 2
-    assert "contains files but no checkpoint" in _one_error_line(capsys)
+    assert "which llama-convert does not write" in _one_error_line(capsys)
     assert (destination / "notes.txt").read_text() == "keep me"
     assert (destination / "sub").is_dir()
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"config.json": '{"name": "myapp"}', "main.py": "code"},
+        {"params.json": "{}"},
+        {"config.json": "{}"},
+    ],
+    ids=["project-with-config", "params-only", "config-only"],
+)
+def test_force_keeps_folder_of_other_files(tmp_path, capsys, files):
+    source = _tiny_gguf(tmp_path)
+    destination = tmp_path / "project"
+    destination.mkdir()
+    for name, text in files.items():
+        (destination / name).write_text(text)
+
+    assert main([str(source), str(destination), "--to", "hf", "--quiet", "--force"]) == 2
+    assert "does not write" in _one_error_line(capsys)
+    assert {p.name: p.read_text() for p in destination.iterdir()} == files
+
+
+def test_force_keeps_output_with_extra_files(tmp_path, capsys):
+    source = _tiny_gguf(tmp_path)
+    destination = tmp_path / "out"
+    assert main([str(source), str(destination), "--to", "hf", "--quiet"]) == 0
+    (destination / "notes.txt").write_text("keep me")
+
+    assert main([str(source), str(destination), "--to", "hf", "--quiet", "--force"]) == 2
+    assert "'notes.txt'" in _one_error_line(capsys)
+    assert (destination / "notes.txt").read_text() == "keep me"
+
+
+def test_force_gguf_onto_other_file_rejected(tmp_path, capsys):
+    source = _tiny_gguf(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+
+    assert main([str(source), str(notes), "--to", "gguf", "--quiet", "--force"]) == 2
+    assert "not a GGUF file" in _one_error_line(capsys)
+    assert notes.read_text() == "hello"
+
+
+def test_destination_through_link_checked_as_written(tmp_path, capsys, monkeypatch):
+    source = _tiny_gguf(tmp_path)
+    work = tmp_path / "work"
+    (work / "keep").mkdir(parents=True)
+    (work / "precious.txt").write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    (work / "link").symlink_to(tmp_path / "elsewhere" / "nowhere" / "a")
+    monkeypatch.chdir(work)
+
+    # link/.. is work itself to a text-only path check, but the kernel resolves it to
+    # elsewhere/nowhere, which is what is checked and written.
+    assert main([str(source), "link/..", "--to", "hf", "--quiet", "--force"]) == 0
+    assert (work / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "elsewhere" / "nowhere").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_parent_that_is_a_file_rejected(tmp_path, capsys):
+    source = _tiny_gguf(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+
+    assert main([str(source), str(notes / "model.gguf"), "--to", "gguf", "--quiet"]) == 2
+    assert "notes.txt is a file, not a folder" in _one_error_line(capsys)
+    assert notes.read_text() == "hello"
+
+
+def test_long_destination_name(tmp_path):
+    source = _tiny_gguf(tmp_path)
+    destination = tmp_path / ("m" * 245 + ".gguf")
+
+    assert convert(source, destination, "gguf", progress=False) == destination
+    assert load_checkpoint(destination).config == load_checkpoint(source).config
 
 
 def test_force_gguf_onto_folder_rejected(tmp_path, capsys):

@@ -314,3 +314,41 @@ def test_dump_hf_layers_beyond_model(tmp_path, capsys):
     assert "has 3 layers" in line
     assert "0..2" in line
     assert [path.name for path in tmp_path.iterdir()] == ["hf"]
+
+
+@pytest.mark.parametrize("flag", ["--report", "--plot", "--dump"])
+def test_diff_output_onto_model_rejected(flag, model, reference_dump, capsys, no_run):
+    before = model.read_bytes()
+
+    line = run_failing(diff_argv(model, reference_dump, flag, model), capsys)
+
+    assert "would overwrite the checkpoint given with --model" in line
+    assert model.read_bytes() == before
+
+
+def test_dump_out_onto_model_rejected(model, capsys, no_run):
+    before = model.read_bytes()
+
+    line = run_failing(["dump", "--model", model, "--prompt-ids", PROMPT_IDS, "--out", model], capsys)
+
+    assert "would overwrite the checkpoint" in line
+    assert model.read_bytes() == before
+
+
+def test_dump_hf_out_inside_model_folder_rejected(tmp_path, capsys):
+    hf_folder = tmp_path / "hf"
+    hf_folder.mkdir()
+    (hf_folder / "config.json").write_text("{}")
+
+    line = run_failing(
+        ["dump-hf", "--hf-model", hf_folder, "--prompt-ids", "1", "--out", hf_folder / "model.safetensors"], capsys
+    )
+
+    assert "would overwrite the checkpoint given with --hf-model" in line
+
+
+@pytest.mark.parametrize("layers", ["0-9999999999", "99999999999", ""])
+def test_layers_huge_or_empty_rejected(layers, model, reference_dump, capsys, no_run):
+    line = run_failing(diff_argv(model, reference_dump, "--layers", layers), capsys)
+
+    assert "layer" in line

@@ -130,7 +130,7 @@ def test_convert_keeps_existing_output(capsys, source, out, target, name):
 
 def test_convert_force_replaces_output(source, out):
     destination = out / "model.gguf"
-    destination.write_bytes(b"old")
+    destination.write_bytes(b"GGUF old")
 
     status = convert.main([str(source), str(destination), "--to", "gguf", "--force", "--quiet"])
 
@@ -144,13 +144,13 @@ def test_convert_force_replaces_output(source, out):
 def test_failed_force_keeps_old_output(monkeypatch, source, out):
     raise_after_header(monkeypatch)
     destination = out / "model.gguf"
-    destination.write_bytes(b"old")
+    destination.write_bytes(b"GGUF old")
 
     with pytest.raises(CheckpointError):
         convert.convert(source, destination, "gguf", force=True, progress=False)
 
     assert folder_listing(out) == {"model.gguf"}
-    assert destination.read_bytes() == b"old"
+    assert destination.read_bytes() == b"GGUF old"
 
 
 def _tiny_dump(path_name: str = "numpy"):

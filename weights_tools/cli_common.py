@@ -176,22 +176,26 @@ def prepare_prompt(args: argparse.Namespace, checkpoint: Checkpoint):
         prompt_ids = parse_prompt_ids(args.prompt_ids)
     else:
         tokenizer = load_model_tokenizer(checkpoint, args.tokenizer)
+        check_tokenizer_fits(tokenizer, checkpoint, args.tokenizer)
         prompt_ids = tokenizer.encode(check_text(args.prompt, "prompt"), bos=prompt_bos_choice(args))
-        check_tokenizer_fits(prompt_ids, checkpoint, args.tokenizer)
     if not args.ids and tokenizer is None:
         tokenizer = load_model_tokenizer(checkpoint, args.tokenizer)
+        check_tokenizer_fits(tokenizer, checkpoint, args.tokenizer)
     return prompt_ids, tokenizer
 
 
-def check_tokenizer_fits(prompt_ids: list[int], checkpoint: Checkpoint, tokenizer_path: Path | None) -> None:
-    """Raise TokenizerError when the tokenizer produced an id the model has no embedding for."""
+def check_tokenizer_fits(tokenizer, checkpoint: Checkpoint, tokenizer_path: Path | None) -> None:
+    """Raise TokenizerError when the tokenizer has more tokens than the model has embeddings.
+
+    Such a tokenizer belongs to another model: its ids would index the wrong rows, or none.
+    A smaller tokenizer is accepted, because embedding tables are often padded.
+    """
     vocab_size = checkpoint.config.vocab_size
-    too_large = [token for token in prompt_ids if token >= vocab_size]
-    if too_large:
-        source = tokenizer_path if tokenizer_path is not None else checkpoint.path
+    if tokenizer.vocab_size > vocab_size:
+        source = tokenizer_path if tokenizer_path is not None else tokenizer.source
         raise TokenizerError(
-            f"{source}: the tokenizer produced token id {max(too_large)}, but the model's vocabulary has "
-            f"{vocab_size} tokens; pass the tokenizer that belongs to this model with --tokenizer"
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens, but the model's vocabulary has "
+            f"{vocab_size}; pass the tokenizer that belongs to this model with --tokenizer"
         )
 
 

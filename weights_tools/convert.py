@@ -198,9 +198,9 @@ def atomic_output(destination: Path, is_folder: bool, force: bool) -> Iterator[P
     parent = destination.parent
     parent.mkdir(parents=True, exist_ok=True)
     if is_folder:
-        temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=parent))
+        temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name[:64]}.", suffix=".tmp", dir=parent))
     else:
-        handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=parent)
+        handle, name = tempfile.mkstemp(prefix=f".{destination.name[:64]}.", suffix=".tmp", dir=parent)
         os.close(handle)
         temporary = Path(name)
     try:
@@ -234,7 +234,7 @@ def _replace(source: Path, destination: Path) -> None:
     if not destination.exists():
         os.replace(source, destination)
         return
-    backup = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    backup = destination.with_name(f".{destination.name[:64]}.old-{os.getpid()}")
     os.replace(destination, backup)
     try:
         os.replace(source, destination)
@@ -258,56 +258,71 @@ def convert(
     if to not in TARGETS:
         raise CheckpointError(None, f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
     destination = Path(destination)
-    check_destination(Path(source), destination, to, force)
+    # Resolved once, so the path checked is the path written, whatever links it goes through.
+    target = Path(os.path.realpath(destination))
+    check_destination(Path(source), destination, target, to, force)
     checkpoint = load_checkpoint(source)
     writers = {"safetensors": write_canonical, "hf": write_hf, "gguf": write_gguf}
     try:
-        # An absolute path gives '.' or 'out/' a name for the temporary entry beside it.
-        with atomic_output(Path(os.path.abspath(destination)), is_folder=(to != "gguf"), force=force) as temporary:
+        with atomic_output(target, is_folder=(to != "gguf"), force=force) as temporary:
             writers[to](checkpoint, temporary, progress)
     except OSError as exc:
         raise CheckpointError(
-            destination, f"cannot write the output ({exc}); choose a writable folder with enough free space"
+            destination,
+            f"cannot write the output ({exc}); choose a writable folder with enough free space and a shorter name",
         ) from None
     log.info("wrote %s (%s) from %s", destination, to, source)
     return destination
 
 
-def check_destination(source: Path, destination: Path, to: str, force: bool) -> None:
-    """Raise CheckpointError unless writing `to` at destination is safe.
+# What write_canonical and write_hf put in their folder, so all that --force may replace.
+FOLDER_OUTPUT_FILES = frozenset({"config.json", WEIGHTS_FILE})
 
-    The destination must not overlap the source checkpoint or contain the current folder.
-    An existing destination needs force, and even then it is replaced only when it is what
-    the conversion would write: a file for gguf, or an empty folder or a folder that contains
-    a checkpoint for safetensors and hf. A folder of other files is never deleted.
+
+def check_destination(source: Path, destination: Path, target: Path, to: str, force: bool) -> None:
+    """Raise CheckpointError unless writing `to` at `target` (destination with links resolved) is safe.
+
+    The target must not overlap the source checkpoint or contain the current folder, and
+    its parent must not be a file. An existing target needs force, and even then it is
+    replaced only when it looks like an earlier output: a GGUF file for gguf, or a folder
+    that is empty or contains only config.json and model.safetensors for safetensors and hf.
     """
     source_root = checkpoint_root(source).resolve()
-    target = destination.resolve()
-    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
         raise CheckpointError(destination, "the destination is the current folder or contains it; choose a new path such as out/model")
     if target == source_root or source_root in target.parents or target in source_root.parents:
         raise CheckpointError(destination, f"the destination overlaps the source checkpoint {source}; choose another path")
-    if not os.path.lexists(destination):
+    for parent in target.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CheckpointError(destination, f"{parent} is a file, not a folder; choose a path inside a folder")
+    if not os.path.lexists(target):
         return
     if not force:
         raise CheckpointError(destination, "output already exists; pass --force to overwrite it")
 
     if to == "gguf":
-        if not destination.is_file():
+        if not target.is_file():
             raise CheckpointError(
                 destination, "--to gguf writes a file, and --force replaces only a file; choose a path such as model.gguf"
             )
+        with target.open("rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise CheckpointError(
+                    destination, "the file is not a GGUF file, so --force does not replace it; choose another destination"
+                )
         return
-    if not destination.is_dir():
+    if not target.is_dir():
         raise CheckpointError(destination, f"--to {to} writes a folder, but this is a file; choose a folder path")
-    if any(destination.iterdir()):
-        try:
-            detect_format(destination)
-        except CheckpointError:
-            raise CheckpointError(
-                destination,
-                "the folder contains files but no checkpoint, so --force does not replace it; choose another destination",
-            ) from None
+    entries = sorted(entry.name for entry in target.iterdir())
+    unexpected = [name for name in entries if name not in FOLDER_OUTPUT_FILES or not (target / name).is_file()]
+    if unexpected or (entries and WEIGHTS_FILE not in entries):
+        shown = unexpected[0] if unexpected else entries[0]
+        raise CheckpointError(
+            destination,
+            f"the folder contains {shown!r}, which llama-convert does not write, so --force does not replace it; "
+            "choose another destination",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

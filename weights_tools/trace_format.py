@@ -132,6 +132,11 @@ def layer_of(name: str) -> int | None:
     return split_name(name)[0]
 
 
+# Far above any released LLaMA (LLaMA 3.1 405B has 126 blocks); the model's own count is
+# checked later by TraceSelection.check_layers.
+MAX_LAYER_INDEX = 100_000
+
+
 def parse_layers(spec: str) -> frozenset[int]:
     """Parse a layer list such as '0-3,10' into {0, 1, 2, 3, 10}.
 
@@ -149,6 +154,12 @@ def parse_layers(spec: str) -> frozenset[int]:
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise TraceError(f"invalid layer range {part!r} in {spec!r}: the end is before the start")
+        # Checked before the range is expanded, so '0-9999999999' cannot fill memory.
+        if last >= MAX_LAYER_INDEX:
+            raise TraceError(
+                f"invalid layer {last} in {spec!r}: layer indices stop at {MAX_LAYER_INDEX - 1}; "
+                "name blocks that the model has, e.g. '0-3,10'"
+            )
         layers.update(range(first, last + 1))
     if not layers:
         raise TraceError(f"layer list {spec!r} selects no layer; write e.g. '0-3,10'")
@@ -195,7 +206,7 @@ class TraceSelection:
             if not found:
                 raise TraceError(f"--filter {text!r} contains no pattern; write e.g. --filter 'layers.*.q_rope'")
             split_patterns.extend(found)
-        return cls(tuple(split_patterns), parse_layers(layers) if layers else None)
+        return cls(tuple(split_patterns), parse_layers(layers) if layers is not None else None)
 
     def check_layers(self, n_layers: int, source: str) -> None:
         """Raise TraceError when the selection requests a block that a model with n_layers blocks lacks."""
