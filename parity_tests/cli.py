@@ -139,9 +139,9 @@ def check_output_paths(
 ) -> None:
     """Raise LlamaParityError unless every (flag, path) output can be created before anything runs.
 
-    Each path's folder must exist and be writable, the path must not be a folder, and no
-    path may also be another output, one of the `inputs`, or the model checkpoint given as
-    (flag, path): neither its file nor a file inside its folder.
+    Each path's folder must exist and be writable, and the path must not be a folder. No
+    path may also be another output or one of the `inputs`. No path may be the model
+    checkpoint given as (flag, path), or a file inside the checkpoint's folder.
     """
     claimed = {Path(path).resolve(): "--against" for path in inputs}
     model_flag, model_path = model

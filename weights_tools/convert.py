@@ -275,7 +275,7 @@ def convert(
     return destination
 
 
-# What write_canonical and write_hf put in their folder, so all that --force may replace.
+# The files write_canonical and write_hf create: the only entries --force may replace in a folder.
 FOLDER_OUTPUT_FILES = frozenset({"config.json", WEIGHTS_FILE})
 
 
