@@ -401,4 +401,31 @@ def diagnose(result: DiffResult) -> list[str]:
         finding = _diagnose_nonfinite(first)
         if finding and not any(f.startswith(first.name) for f in findings):
             findings.insert(0, finding)
+        # A config difference explains failures better than a guess from the numbers.
+        finding = _diagnose_config(result)
+        if finding:
+            findings.insert(0, finding)
     return findings
+
+
+# Config fields that change the numbers; a difference in any of them is reported first.
+COMPARED_CONFIG_FIELDS = ("norm_eps", "rope_theta", "rope_scaling", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size")
+
+
+def _diagnose_config(result: DiffResult) -> str | None:
+    """Name the config fields in which the two dumps' recorded configs differ, if both have one."""
+    reference, candidate = result.reference.config, result.candidate.config
+    if not reference or not candidate:
+        return None
+    differences = [
+        f"{name} {candidate.get(name)!r} vs {reference.get(name)!r}"
+        for name in COMPARED_CONFIG_FIELDS
+        if candidate.get(name) != reference.get(name)
+    ]
+    if not differences:
+        return None
+    return (
+        "the two sources ran different model configs (candidate vs reference): "
+        + "; ".join(differences)
+        + "; the failures below may follow from that rather than from a bug"
+    )

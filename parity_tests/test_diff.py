@@ -193,6 +193,19 @@ def test_metrics_ignore_shared_mask_and_flag_nonfinite():
     assert scaled.nmse == pytest.approx(1e-4, rel=1e-2)
 
 
+def test_config_difference_reported_first():
+    config = tiny_config(n_layers=2)
+    weights = random_weights(config, seed=1)
+    reference = trace_forward(Llama(config, weights), PROMPT_IDS)
+    candidate = trace_forward(Llama(config.replace(rope_theta=500000.0), weights), PROMPT_IDS)
+
+    result = compare_dumps(reference, candidate)
+
+    assert not result.passed
+    assert result.findings[0].startswith("the two sources ran different model configs")
+    assert "rope_theta 500000.0 vs 10000.0" in result.findings[0]
+
+
 def test_tolerances_by_kind_and_dtype():
     assert tolerance_for("q", "float32").bound(10.0) == pytest.approx(1e-5 + 1e-4 * 10)
     assert tolerance_for("attn_probs", "float32").bound(1000.0) == pytest.approx(1e-5 + 1e-4)
