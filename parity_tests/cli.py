@@ -321,6 +321,10 @@ def command_dump_hf(args: argparse.Namespace) -> int:
     from parity_tests.hf_dump import dump_hf_model, hf_prompt_ids
 
     check_output_paths([("--out", args.out)], model=("--hf-model", args.hf_model))
+    if args.hf_model.is_file():
+        raise LlamaParityError(
+            f"--hf-model {args.hf_model} is a file; pass the model's folder, {args.hf_model.parent}"
+        )
     selection = selection_from(args)
     ids = hf_prompt_ids(args.hf_model, args.prompt, args.prompt_ids)
     dump = dump_hf_model(args.hf_model, ids, args.dtype, selection)

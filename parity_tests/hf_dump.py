@@ -198,6 +198,8 @@ def load_hf_model(folder: str | os.PathLike, dtype: str = "float32"):
     """Load a LlamaForCausalLM from a folder with eager attention, in evaluation mode."""
     torch, LlamaForCausalLM, _ = _import_transformers()
     folder = Path(folder)
+    if folder.is_file():
+        raise CheckpointError(folder, "--hf-model must be the model's folder (with config.json), not a file in it")
     if not (folder / "config.json").is_file():
         raise CheckpointError(folder, "not a Hugging Face model folder: config.json is missing")
     if dtype not in TORCH_DTYPES:
@@ -231,33 +233,44 @@ def trace_hf_model(model, prompt_ids: Sequence[int], selection: TraceSelection |
     )
 
 
-def hf_layer_count(folder: str | os.PathLike) -> int | None:
-    """Return num_hidden_layers from the folder's config.json, or None when it cannot be read.
+def hf_config_value(folder: str | os.PathLike, key: str) -> int | None:
+    """Return an integer field of the folder's config.json, or None when it cannot be read.
 
-    It lets --layers be checked before the weights load. load_hf_model reports a bad config.
+    It lets --layers and prompt ids be checked before the weights load. load_hf_model
+    reports a bad config.
     """
     try:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    n_layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
-    return n_layers if isinstance(n_layers, int) else None
+    value = config.get(key) if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_prompt_ids(prompt_ids: Sequence[int], vocab_size: int, folder: str | os.PathLike) -> None:
+    """Raise GenerationError for an empty prompt or an id outside 0 .. vocab_size - 1."""
+    if not prompt_ids:
+        raise GenerationError("the prompt is empty; pass a longer --prompt or --prompt-ids 1,2,3")
+    if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
+        raise GenerationError(
+            f"prompt ids must lie in 0 .. {vocab_size - 1} for {folder}, got {list(prompt_ids)[:8]}; "
+            "pass ids from the model's tokenizer"
+        )
 
 
 def dump_hf_model(folder: str | os.PathLike, prompt_ids: Sequence[int], dtype: str = "float32",
                   selection: TraceSelection | None = None) -> TraceDump:
     """Load the HF model in `folder` and trace one prefill of prompt_ids."""
-    n_layers = hf_layer_count(folder)
+    n_layers = hf_config_value(folder, "num_hidden_layers")
     if selection is not None and n_layers is not None:
         selection.check_layers(n_layers, str(folder))
+    vocab_size = hf_config_value(folder, "vocab_size")
+    if vocab_size is not None:
+        check_prompt_ids(prompt_ids, vocab_size, folder)
     model = load_hf_model(folder, dtype)
     if selection is not None:
         selection.check_layers(model.config.num_hidden_layers, str(folder))
-    if not prompt_ids:
-        raise GenerationError("the prompt is empty; pass a longer --prompt or --prompt-ids 1,2,3")
-    vocab_size = model.config.vocab_size
-    if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
-        raise GenerationError(f"prompt ids must lie in 0 .. {vocab_size - 1} for {folder}, got {list(prompt_ids)[:8]}")
+    check_prompt_ids(prompt_ids, model.config.vocab_size, folder)
     return trace_hf_model(model, prompt_ids, selection, str(folder), dtype)
 
 

@@ -352,3 +352,34 @@ def test_layers_huge_or_empty_rejected(layers, model, reference_dump, capsys, no
     line = run_failing(diff_argv(model, reference_dump, "--layers", layers), capsys)
 
     assert "layer" in line
+
+
+def test_dump_hf_model_file_instead_of_folder(tmp_path, capsys):
+    hf_folder = tmp_path / "hf"
+    hf_folder.mkdir()
+    (hf_folder / "config.json").write_text("{}")
+
+    line = run_failing(
+        ["dump-hf", "--hf-model", hf_folder / "config.json", "--prompt-ids", "1", "--out", tmp_path / "d.safetensors"],
+        capsys,
+    )
+
+    assert "is a file; pass the model's folder" in line
+
+
+def test_dump_hf_prompt_ids_checked_before_loading(tmp_path, capsys, monkeypatch):
+    from parity_tests import hf_dump
+
+    def fail_load(*args, **kwargs):
+        raise AssertionError("the weights loaded although the prompt ids were invalid")
+
+    monkeypatch.setattr(hf_dump, "load_hf_model", fail_load)
+    hf_folder = tmp_path / "hf"
+    hf_folder.mkdir()
+    (hf_folder / "config.json").write_text('{"num_hidden_layers": 2, "vocab_size": 512}')
+
+    line = run_failing(
+        ["dump-hf", "--hf-model", hf_folder, "--prompt-ids", "1,600", "--out", tmp_path / "d.safetensors"], capsys
+    )
+
+    assert "prompt ids must lie in 0 .. 511" in line
