@@ -65,14 +65,16 @@ def command_info(args: argparse.Namespace) -> int:
 
 
 def command_tokenize(args: argparse.Namespace) -> int:
-    if args.tokenizer is not None:
+    if args.tokenizer is not None and args.model is None:
         from weights_tools.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
     else:
         checkpoint = cli_common.load_model_checkpoint(args.model)
-        tokenizer = cli_common.load_model_tokenizer(checkpoint, None)
-    ids = tokenizer.encode(cli_common.check_text(args.text, "text"), bos=cli_common.prompt_bos_choice(args))
+        tokenizer = cli_common.load_model_tokenizer(checkpoint, args.tokenizer)
+        cli_common.check_tokenizer_fits(tokenizer, checkpoint, args.tokenizer)
+    text = cli_common.check_text(args.text, "text", fix="pass UTF-8 text")
+    ids = tokenizer.encode(text, bos=cli_common.prompt_bos_choice(args))
     if args.pieces:
         for token in ids:
             print(f"{token}\t{tokenizer.id_to_piece(token)!r}")

@@ -121,6 +121,7 @@ def prompt_ids_from(args: argparse.Namespace, checkpoint) -> list[int]:
     if args.prompt_ids is not None:
         return cli_common.parse_prompt_ids(args.prompt_ids)
     tokenizer = cli_common.load_model_tokenizer(checkpoint, args.tokenizer, fix=NO_TOKENIZER_FIX)
+    cli_common.check_tokenizer_fits(tokenizer, checkpoint, args.tokenizer)
     ids = list(tokenizer.encode(args.prompt, bos=None))
     if not ids:
         raise GenerationError("the prompt tokenizes to no tokens; pass a longer --prompt or --prompt-ids")

@@ -89,7 +89,8 @@ def run_implementation(
         )
     if len(prompt_ids) > checkpoint.config.max_seq_len:
         raise LlamaParityError(
-            f"the prompt has {len(prompt_ids)} tokens but the context length is {checkpoint.config.max_seq_len}"
+            f"the prompt has {len(prompt_ids)} tokens but the context length is {checkpoint.config.max_seq_len}; "
+            "shorten the prompt"
         )
     log.info("tracing %s (%s) on %d prompt tokens", name, dtype, len(prompt_ids))
     return RUNNERS[name](checkpoint, prompt_ids, dtype, selection, model_name)

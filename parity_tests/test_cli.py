@@ -118,6 +118,30 @@ def test_tokenizer_of_other_model(capsys, tiny_gguf, data_dir, prompt):
     assert out == ""
 
 
+def test_smaller_tokenizer_of_other_model(capsys, smollm2_path, data_dir):
+    tokenizer = data_dir / "llama2_spm" / "tokenizer.model"
+    code, out, err = run(capsys, "generate", "--model", smollm2_path, "--tokenizer", tokenizer, "-n", "2", "Hello")
+
+    assert_one_error_line(code, err, "has 32000 tokens, but the model's vocabulary has 49152")
+    assert out == ""
+
+
+def test_tokenize_checks_tokenizer_against_model(capsys, tiny_gguf, data_dir):
+    tokenizer = data_dir / "llama2_spm" / "tokenizer.model"
+    code, out, err = run(capsys, "tokenize", "--model", tiny_gguf, "--tokenizer", tokenizer, "Hello")
+
+    assert_one_error_line(code, err, "has 32000 tokens, but the model's vocabulary has 64")
+    assert out == ""
+
+
+def test_tokenize_without_model_uses_tokenizer_alone(capsys, data_dir):
+    tokenizer = data_dir / "llama2_spm" / "tokenizer.model"
+    code, out, _ = run(capsys, "tokenize", "--tokenizer", tokenizer, "Hello")
+
+    assert code == 0
+    assert out.split() == ["1", "15043"]
+
+
 def test_no_prompt(capsys, tiny_gguf):
     code, _, err = run(capsys, "generate", "--model", tiny_gguf)
     assert_one_error_line(code, err, "no prompt")

@@ -148,12 +148,12 @@ def prompt_bos_choice(args: argparse.Namespace) -> bool | None:
     return None
 
 
-def check_text(text: str, label: str) -> str:
+def check_text(text: str, label: str, fix: str = "pass UTF-8 text or --prompt-ids") -> str:
     """Reject text that is not valid UTF-8 (argv bytes Python could not decode)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise GenerationError(f"the {label} is not valid UTF-8; pass UTF-8 text or --prompt-ids") from None
+        raise GenerationError(f"the {label} is not valid UTF-8; {fix}") from None
     return text
 
 
@@ -184,14 +184,21 @@ def prepare_prompt(args: argparse.Namespace, checkpoint: Checkpoint):
     return prompt_ids, tokenizer
 
 
-def check_tokenizer_fits(tokenizer, checkpoint: Checkpoint, tokenizer_path: Path | None) -> None:
-    """Raise TokenizerError when the tokenizer has more tokens than the model has embeddings.
+# Embedding tables are often padded past the tokenizer, to a multiple of 64 or 128 rows;
+# a model table larger than the tokenizer by more than this means another tokenizer.
+MAX_EMBEDDING_PADDING = 256
 
-    Such a tokenizer belongs to another model: its ids would index the wrong rows, or none.
-    A smaller tokenizer is accepted, because embedding tables are often padded.
+
+def check_tokenizer_fits(tokenizer, checkpoint: Checkpoint, tokenizer_path: Path | None) -> None:
+    """Raise TokenizerError when the tokenizer's vocabulary does not match the model's embeddings.
+
+    A larger tokenizer produces ids the model has no row for. A much smaller one belongs to
+    another model too: its prompt ids would index the wrong rows, and the model would
+    generate ids the tokenizer cannot decode. Up to MAX_EMBEDDING_PADDING unused rows are
+    accepted as padding.
     """
     vocab_size = checkpoint.config.vocab_size
-    if tokenizer.vocab_size > vocab_size:
+    if tokenizer.vocab_size > vocab_size or tokenizer.vocab_size < vocab_size - MAX_EMBEDDING_PADDING:
         source = tokenizer_path if tokenizer_path is not None else tokenizer.source
         raise TokenizerError(
             f"{source}: the tokenizer has {tokenizer.vocab_size} tokens, but the model's vocabulary has "

@@ -181,7 +181,10 @@ def config_from_hf(config: dict[str, Any], path: Path) -> ModelConfig:
     head_dim = config.get("head_dim")
     if head_dim is not None and n_heads > 0 and head_dim != dim // n_heads:
         raise ConfigError(
-            "head_dim", f"{head_dim} differs from hidden_size / num_attention_heads = {dim // n_heads}", path
+            "head_dim",
+            f"{head_dim} differs from hidden_size / num_attention_heads = {dim // n_heads}; transformers allows "
+            "that, but this project's models require head_dim = hidden_size / num_attention_heads",
+            path,
         )
     rope_theta, rope_scaling = rope_settings(config, path)
     return ModelConfig(
