@@ -317,10 +317,10 @@ def check_destination(source: Path, destination: Path, target: Path, to: str, fo
     entries = sorted(entry.name for entry in target.iterdir())
     unexpected = [name for name in entries if name not in FOLDER_OUTPUT_FILES or not (target / name).is_file()]
     if unexpected or (entries and WEIGHTS_FILE not in entries):
-        shown = unexpected[0] if unexpected else entries[0]
+        first_unexpected = unexpected[0] if unexpected else entries[0]
         raise CheckpointError(
             destination,
-            f"the folder contains {shown!r}, which llama-convert does not write, so --force does not replace it; "
+            f"the folder contains {first_unexpected!r}, which llama-convert does not write, so --force does not replace it; "
             "choose another destination",
         )
 
