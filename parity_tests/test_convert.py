@@ -203,7 +203,7 @@ def test_force_keeps_folder_of_other_files(tmp_path, capsys, files):
         (destination / name).write_text(text)
 
     assert main([str(source), str(destination), "--to", "hf", "--quiet", "--force"]) == 2
-    assert "does not write" in _one_error_line(capsys)
+    assert "--force does not replace it" in _one_error_line(capsys)
     assert {p.name: p.read_text() for p in destination.iterdir()} == files
 
 

@@ -316,11 +316,16 @@ def check_destination(source: Path, destination: Path, target: Path, to: str, fo
         raise CheckpointError(destination, f"--to {to} writes a folder, but this is a file; choose a folder path")
     entries = sorted(entry.name for entry in target.iterdir())
     unexpected = [name for name in entries if name not in FOLDER_OUTPUT_FILES or not (target / name).is_file()]
-    if unexpected or (entries and WEIGHTS_FILE not in entries):
-        first_unexpected = unexpected[0] if unexpected else entries[0]
+    if unexpected:
         raise CheckpointError(
             destination,
-            f"the folder contains {first_unexpected!r}, which llama-convert does not write, so --force does not replace it; "
+            f"the folder contains {unexpected[0]!r}, which llama-convert does not write, so --force does not replace it; "
+            "choose another destination",
+        )
+    if entries and WEIGHTS_FILE not in entries:
+        raise CheckpointError(
+            destination,
+            f"the folder has no {WEIGHTS_FILE}, so it is not an earlier output and --force does not replace it; "
             "choose another destination",
         )
 
