@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from numpy_llama.generate import SamplingParams, check_prompt, generate
+    from numpy_llama.generate import SamplingParams, check_request, generate
     from numpy_llama.model import Llama
 
     params = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
@@ -38,7 +38,7 @@ def command_generate(args: argparse.Namespace) -> int:
     prompt_ids, tokenizer = cli_common.prepare_prompt(args, checkpoint)
 
     model = Llama.from_checkpoint(checkpoint)
-    check_prompt(prompt_ids, args.max_new_tokens, model)
+    check_request(prompt_ids, args.max_new_tokens, model.config)
     stop_ids = cli_common.stop_ids_for(checkpoint, tokenizer)
 
     tokens = generate(model, prompt_ids, args.max_new_tokens, params, stop_ids)

@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from numpy_llama.model import Llama, softmax
-from weights_tools.errors import GenerationError
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is chosen from the logits.
-
-    temperature 0 means greedy (argmax). top_k 0 and top_p 1.0 switch those filters off.
-    """
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise GenerationError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+from weights_tools.generation import SamplingParams, check_request
 
 
 def sample_next_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
@@ -61,28 +39,6 @@ def sample_next_token(logits: np.ndarray, params: SamplingParams, rng: np.random
     return int(rng.choice(probs.shape[-1], p=probs))
 
 
-def check_prompt(prompt_ids: list[int], max_new_tokens: int, model: Llama) -> None:
-    """Raise GenerationError unless the prompt ids are valid and fit the context with max_new_tokens."""
-    config = model.config
-    if len(prompt_ids) == 0:
-        raise GenerationError("the prompt is empty: give a non-empty prompt or enable BOS")
-    bad = [t for t in prompt_ids if not 0 <= t < config.vocab_size]
-    if bad:
-        raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {config.vocab_size})")
-    if max_new_tokens < 0:
-        raise GenerationError(f"the number of new tokens must be >= 0, got {max_new_tokens}")
-    if len(prompt_ids) > config.max_seq_len:
-        raise GenerationError(
-            f"the prompt has {len(prompt_ids)} tokens but the context length is {config.max_seq_len}; shorten the prompt"
-        )
-    remaining = config.max_seq_len - len(prompt_ids)
-    if max_new_tokens > remaining:
-        raise GenerationError(
-            f"{max_new_tokens} new tokens do not fit: the prompt uses {len(prompt_ids)} of "
-            f"{config.max_seq_len} positions, so at most {remaining} remain; lower -n"
-        )
-
-
 def generate(
     model: Llama,
     prompt_ids: list[int],
@@ -96,7 +52,7 @@ def generate(
     at the next position (decode); both reuse one preallocated KV cache. Generation stops
     after a token in stop_ids, which is yielded.
     """
-    check_prompt(prompt_ids, max_new_tokens, model)
+    check_request(prompt_ids, max_new_tokens, model.config)
     if max_new_tokens == 0:
         return
     stop = set(stop_ids)

@@ -201,7 +201,7 @@ def test_generation_stops_after_stop_id(tf_model):
 )
 def test_request_rejected(tf_model, prompt, max_new_tokens, message):
     with pytest.raises(GenerationError, match=message):
-        check_request(prompt, max_new_tokens, tf_model)
+        check_request(prompt, max_new_tokens, tf_model.config)
     with pytest.raises(GenerationError, match=message):
         list(generate(tf_model, prompt, max_new_tokens))
 

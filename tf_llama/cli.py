@@ -72,7 +72,7 @@ def command_generate(args: argparse.Namespace) -> int:
     prompt_ids, tokenizer = cli_common.prepare_prompt(args, checkpoint)
 
     model = LlamaModel.from_checkpoint(checkpoint, dtype=args.dtype)
-    check_request(prompt_ids, args.max_new_tokens, model)
+    check_request(prompt_ids, args.max_new_tokens, model.config)
     stop_ids = cli_common.stop_ids_for(checkpoint, tokenizer)
 
     generator = generator_for(model, jit_compile=not args.no_xla)
