@@ -345,8 +345,8 @@ def format_report(model_path: str, bounds: dict, results: dict, weight_bytes: in
     numpy_result = results["numpy"]
 
     def ratio(label: str, value: float | None, target: str) -> None:
-        shown = f"{value:.2f}" if value is not None else "n/a"
-        lines.append(f"| {label} | {shown} | {target} |")
+        formatted = f"{value:.2f}" if value is not None else "n/a"
+        lines.append(f"| {label} | {formatted} | {target} |")
 
     def figure(name: str, key: str) -> float | None:
         return results[name].get(key) if "skipped" not in results[name] else None

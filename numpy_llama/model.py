@@ -418,7 +418,7 @@ class Llama:
         """Run S new tokens at positions start_pos .. start_pos+S-1 and return float32 logits [B, S, V].
 
         tokens: [B, S] or [S] integer ids. Prefill passes the whole prompt at start_pos 0,
-        decode passes one token at the next position; both reuse `cache`, which holds the
+        decode passes one token at the next position; both reuse `cache`, which contains the
         keys and values of all earlier positions. Without a cache, start_pos must be 0.
         """
         tokens = np.asarray(tokens)

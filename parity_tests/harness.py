@@ -141,8 +141,12 @@ class SpecReference:
         return list(generate(self.model(checkpoint, dtype), list(prompt_ids), max_new_tokens, SamplingParams()))
 
 
-def run_with_cache(model: spec.Llama, tokens: np.ndarray, prefill_len: int | None) -> np.ndarray:
-    """Run the spec on tokens [B, S]: one call, or a prefill of prefill_len then one call per token."""
+def run_with_cache(model, tokens: np.ndarray, prefill_len: int | None) -> np.ndarray:
+    """Run a model on tokens [B, S]: one call, or a prefill of prefill_len then one call per token.
+
+    `model` is a numpy_llama.Llama or any model with the same forward(tokens, start_pos,
+    cache) and new_cache(batch, max_seq_len) methods, such as tf_llama's LlamaModel.
+    """
     if prefill_len is None:
         return model.forward(tokens)
     batch, seq_len = tokens.shape

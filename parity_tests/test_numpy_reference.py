@@ -46,7 +46,7 @@ def test_rms_norm_float16_does_not_overflow():
 
 
 def test_gqa_head_mapping_is_repeat():
-    # KV head k holds the constant k; query head h must see KV head h // (4 // 2).
+    # KV head k contains the constant k; query head h must see KV head h // (4 // 2).
     kv = np.arange(2, dtype=np.float32).reshape(1, 1, 2, 1)
     repeated = repeat_kv(kv, n_rep=2)
     assert repeated[0, 0, :, 0].tolist() == [0.0, 0.0, 1.0, 1.0]

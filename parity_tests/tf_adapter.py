@@ -12,6 +12,7 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
+from parity_tests.harness import run_with_cache
 from tf_llama.generate import SamplingParams, generate
 from tf_llama.layers import Attention, FeedForward, RMSNorm, RotaryEmbedding, TransformerBlock
 from tf_llama.model import LlamaModel
@@ -109,15 +110,7 @@ class TFImplementation:
         return model
 
     def model_logits(self, checkpoint, tokens, dtype, prefill_len=None):
-        model = self.model(checkpoint, dtype)
-        if prefill_len is None:
-            return model.forward(tokens)
-        batch, seq_len = tokens.shape
-        cache = model.new_cache(batch, seq_len)
-        chunks = [model.forward(tokens[:, :prefill_len], 0, cache)]
-        for position in range(prefill_len, seq_len):
-            chunks.append(model.forward(tokens[:, position : position + 1], position, cache))
-        return np.concatenate(chunks, axis=1)
+        return run_with_cache(self.model(checkpoint, dtype), tokens, prefill_len)
 
     def greedy_ids(self, checkpoint, prompt_ids, max_new_tokens, dtype):
         return list(generate(self.model(checkpoint, dtype), list(prompt_ids), max_new_tokens, SamplingParams()))

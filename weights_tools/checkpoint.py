@@ -121,7 +121,7 @@ def check_finite(array: np.ndarray, name: str, path: str | None, source_name: st
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """How one tensor is stored in the source file, before conversion to float32."""
+    """Storage record of one tensor in the source file, before conversion to float32."""
 
     name: str
     shape: tuple[int, ...]

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class ArgumentParser(argparse.ArgumentParser):
     """argparse.ArgumentParser whose usage errors are one `error:` line and exit status 2.
 
-    argparse prints the whole usage block before its message; the commands here print
+    argparse prints the whole usage block before its message. The commands here print
     every error as one line, so scripts and users see the same form for every mistake.
     Subparsers made with add_subparsers inherit this class.
     """
@@ -184,8 +184,8 @@ def prepare_prompt(args: argparse.Namespace, checkpoint: Checkpoint):
     return prompt_ids, tokenizer
 
 
-# Embedding tables are often padded past the tokenizer, to a multiple of 64 or 128 rows;
-# a model table larger than the tokenizer by more than this means another tokenizer.
+# Embedding tables are often padded past the tokenizer to a multiple of 64 or 128 rows.
+# A model table larger than the tokenizer by more than this belongs to another tokenizer.
 MAX_EMBEDDING_PADDING = 256
 
 
