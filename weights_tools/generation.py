@@ -42,7 +42,9 @@ def check_request(prompt_ids: Sequence[int], max_new_tokens: int, config: ModelC
         raise GenerationError("the prompt is empty: give a non-empty prompt or enable BOS")
     invalid = [token for token in prompt_ids if not 0 <= token < config.vocab_size]
     if invalid:
-        raise GenerationError(f"token id {invalid[0]} is outside the vocabulary [0, {config.vocab_size})")
+        raise GenerationError(
+            f"token id {invalid[0]} is outside the vocabulary [0, {config.vocab_size}); pass ids from the model's tokenizer"
+        )
     if max_new_tokens < 0:
         raise GenerationError(f"the number of new tokens must be >= 0, got {max_new_tokens}")
     if len(prompt_ids) > config.max_seq_len:
